@@ -181,7 +181,13 @@ def open_image(source: ImageSource) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of ``image``; RGBA is composited on a white background (qwen-vl-utils' behaviour)."""
+    """``image`` in RGB; RGBA is composited on a white background (qwen-vl-utils' behaviour).
+
+    An RGB image is returned as is, not copied: callers only read it (crop/resize make new images), and copying an
+    8K source on every tool call tripled the crop latency (benchmarks/bench_tools.py).
+    """
+    if image.mode == "RGB":
+        return image
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.split()[3])
@@ -222,6 +228,27 @@ def fetch_image(
     return image.resize((width, height), resample=Image.Resampling.BICUBIC)
 
 
+def image_items(messages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The image content items of a chat, in the order the chat template renders them.
+
+    An item counts if its ``type`` is ``image`` or it carries ``image``/``image_url`` (qwen-vl-utils' rule). Videos
+    raise NotImplementedError: visionr3's pipeline and tools work on images.
+    """
+    items = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for item in content:
+            if not isinstance(item, Mapping):
+                continue
+            if item.get("type") == "video" or "video" in item:
+                raise NotImplementedError("video inputs are not supported by visionr3's image pipeline")
+            if item.get("type") == "image" or "image" in item or "image_url" in item:
+                items.append(item)
+    return items
+
+
 def process_vision_info(
     messages: Iterable[Mapping[str, Any]],
     *,
@@ -231,20 +258,30 @@ def process_vision_info(
 ) -> list[Image.Image] | None:
     """All images of a chat, in order, fetched and smart-resized (``qwen_vl_utils.process_vision_info`` for images).
 
-    Content items of type ``image`` (or carrying ``image``/``image_url``) count; videos raise NotImplementedError —
-    visionr3's tools work on images. Returns ``None`` for a chat without images, like qwen-vl-utils.
+    Returns ``None`` for a chat without images, like qwen-vl-utils.
     """
-    images = []
-    for message in messages:
-        content = message.get("content")
-        if not isinstance(content, list):
-            continue
-        for item in content:
-            if not isinstance(item, Mapping):
-                continue
-            kind = item.get("type")
-            if kind == "video" or "video" in item:
-                raise NotImplementedError("video inputs are not supported by visionr3's image pipeline")
-            if kind == "image" or "image" in item or "image_url" in item:
-                images.append(fetch_image(item, patch_size=patch_size, min_pixels=min_pixels, max_pixels=max_pixels))
+    images = [
+        fetch_image(item, patch_size=patch_size, min_pixels=min_pixels, max_pixels=max_pixels)
+        for item in image_items(messages)
+    ]
     return images or None
+
+
+def seen_size(processor, size: tuple[int, int], mm_processor_kwargs: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """``(width, height)`` at which the vision encoder sees an image of ``size`` after the processor's smart_resize.
+
+    This is the frame of Qwen2.5-VL's absolute box coordinates. It uses the processor's own pixel budget
+    (``size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}`` in transformers 5), with any
+    ``min_pixels``/``max_pixels`` from ``mm_processor_kwargs`` taking precedence, as they do in the processor call.
+    """
+    image_processor = processor.image_processor
+    budget = dict(getattr(image_processor, "size", None) or {})
+    min_pixels = budget.get("shortest_edge", getattr(image_processor, "min_pixels", None))
+    max_pixels = budget.get("longest_edge", getattr(image_processor, "max_pixels", None))
+    overrides = mm_processor_kwargs or {}
+    min_pixels = overrides.get("min_pixels", min_pixels)
+    max_pixels = overrides.get("max_pixels", max_pixels)
+    factor = int(image_processor.patch_size) * int(getattr(image_processor, "merge_size", SPATIAL_MERGE_SIZE))
+    width, height = size
+    height, width = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return width, height

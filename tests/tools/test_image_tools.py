@@ -1,0 +1,121 @@
+"""The verl tool adapters: crops come from the full-resolution source, errors are text turns without images."""
+
+import asyncio
+
+import pytest
+from PIL import Image, ImageDraw
+
+from visionr3.tools.geometry import plan_crop
+from visionr3.tools.image_tools import CropZoomTool, ResizeTool
+
+CROP_CONFIG = {"type": "native", "coordinate_frame": "model_pixels", "zoom": "vlm_r3", "crop_max_pixels": 1024 * 784}
+
+
+def _schema(name, prop):
+    from verl.tools.schemas import OpenAIFunctionToolSchema
+
+    return OpenAIFunctionToolSchema.model_validate(
+        {"type": "function", "function": {"name": name, "description": "d", "parameters": {"type": "object", "properties": {prop: {"type": "array", "description": "d"}}, "required": [prop]}}}
+    )
+
+
+def _gradient(width, height):
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for x in range(0, width, 8):
+        draw.line([(x, 0), (x, height)], fill=(x % 256, (x // 256) % 256, 128))
+    return image
+
+
+def _call(tool, params, **create_kwargs):
+    async def go():
+        instance, _ = await tool.create(create_kwargs=create_kwargs)
+        try:
+            return await tool.execute(instance, params)
+        finally:
+            await tool.release(instance)
+
+    return asyncio.run(go())
+
+
+def test_crop_is_taken_from_the_source_not_the_seen_copy():
+    source = _gradient(1792, 1344)
+    seen = source.resize((448, 336))  # what the policy saw: 4x smaller
+    tool = CropZoomTool(CROP_CONFIG, _schema("image_zoom_in_tool", "bbox_2d"))
+    response, reward, info = _call(tool, {"bbox_2d": [100, 100, 200, 180], "label": "x"}, source_images=[source], seen_sizes=[seen.size])
+    plan = plan_crop([100, 100, 200, 180], frame="model_pixels", seen_size=(448, 336), source_size=(1792, 1344), max_pixels=1024 * 784)
+    assert info["valid"] and info["source_box"] == list(plan.source_box) == [400, 400, 800, 720]
+    assert response.image[0].size == plan.output_size
+    expected = source.crop(plan.source_box).resize(plan.output_size, resample=Image.Resampling.BICUBIC)
+    assert response.image[0].tobytes() == expected.tobytes()
+    assert response.text == "Zoomed in on the region [100, 100, 200, 180] (x)."
+
+
+def test_dataset_reference_wins_over_prompt_image(tmp_path):
+    path = tmp_path / "full.png"
+    _gradient(800, 600).save(path)
+    tool = CropZoomTool({**CROP_CONFIG, "coordinate_frame": "normalized_1000"}, _schema("crop", "bbox_2d"))
+    response, _, info = _call(tool, {"bbox_2d": [0, 0, 500, 500]}, image=str(path), source_images=[Image.new("RGB", (10, 10))])
+    assert info["source_box"] == [0, 0, 400, 300]
+
+
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"bbox_2d": [5, 5, 1, 1]}, "inverted"),
+        ({"bbox_2d": [1, 2, 3]}, "exactly 4"),
+        ({"bbox_2d": "1,2,3,4"}, "list of 4"),
+        ({"bbox_2d": [9000, 9000, 9500, 9500]}, "outside"),
+        ({"box": [1, 2, 3, 4]}, "missing required argument bbox_2d"),
+    ],
+)
+def test_bad_boxes_are_error_texts_without_images(params, needle):
+    tool = CropZoomTool(CROP_CONFIG, _schema("image_zoom_in_tool", "bbox_2d"))
+    response, _, info = _call(tool, params, source_images=[_gradient(448, 336)], seen_sizes=[(448, 336)])
+    assert response.image is None and response.text.startswith("Error: ") and needle in response.text
+    assert info["valid"] is False
+
+
+def test_missing_source_is_reported_not_raised():
+    tool = CropZoomTool(CROP_CONFIG, _schema("image_zoom_in_tool", "bbox_2d"))
+    response, _, info = _call(tool, {"bbox_2d": [1, 2, 30, 40]}, source_images=[], seen_sizes=[])
+    assert response.image is None and "no source image" in response.text and info["valid"] is False
+
+
+def test_resize_renders_the_source_at_full_size_not_an_upscale():
+    source = _gradient(1600, 1200)
+    low = source.resize((400, 300))
+    tool = ResizeTool({"type": "native", "output": "full", "max_pixels": 4194304}, _schema("resize_image", "action"))
+    response, _, info = _call(tool, {"action": "resize"}, source_images=[source], seen_sizes=[(392, 308)], full_sizes=[(800, 600)])
+    assert response.image[0].size == (812, 588)  # smart_resize(600, 800) with factor 28
+    expected = source.resize((812, 588), resample=Image.Resampling.LANCZOS)
+    assert response.image[0].tobytes() == expected.tobytes()
+    upscaled = low.resize((812, 588), resample=Image.Resampling.LANCZOS)
+    assert response.image[0].tobytes() != upscaled.tobytes()
+
+
+def test_resize_rejects_other_actions():
+    tool = ResizeTool({"type": "native"}, _schema("resize_image", "action"))
+    response, _, info = _call(tool, {"action": "zoom"}, source_images=[_gradient(64, 64)])
+    assert response.image is None and "the only action is \"resize\"" in response.text
+
+
+def test_tool_yamls_load_through_verl(tmp_path):
+    from verl.tools.tool_registry import initialize_tools_from_config
+
+    from visionr3.configs import config_path
+
+    for name, cls in [("crop_zoom.yaml", CropZoomTool), ("crop_zoom_qwen3.yaml", CropZoomTool), ("resize.yaml", ResizeTool)]:
+        tools = initialize_tools_from_config(str(config_path("tools", name)))
+        assert len(tools) == 1 and isinstance(tools[0], cls)
+    assert initialize_tools_from_config(str(config_path("tools", "resize.yaml")))[0].name == "resize_image"
+
+
+def test_seen_size_matches_the_processor_grid(processor):
+    """Box coordinates are in the frame the processor produces: our seen_size must equal its grid."""
+    from visionr3.processing import seen_size
+
+    patch = processor.image_processor.patch_size
+    for size in [(448, 336), (1000, 333), (37, 50), (3000, 2000), (640, 480)]:
+        grid = processor.image_processor(images=[Image.new("RGB", size)])["image_grid_thw"][0]
+        assert seen_size(processor, size) == (int(grid[2]) * patch, int(grid[1]) * patch), size

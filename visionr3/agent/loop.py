@@ -1,0 +1,263 @@
+"""``visionr3_agent``: verl's ``ToolAgentLoop`` for image tools, extended by overriding its hooks (not copied).
+
+Declared in ``configs/agent_loop.yaml`` (``actor_rollout_ref.rollout.agent.agent_loop_config_path``); rows choose it
+with the ``agent_name`` column. What it adds to verl's loop, and why:
+
+- **Error turns, never silence.** Malformed calls (bad JSON, no name, unclosed ``<tool_call>``, a box that is not four
+  numbers), unknown tools and tool failures all come back as an ``Error: ...`` tool turn the model reads. verl's
+  hermes parser drops malformed calls and ends the episode instead (see :mod:`visionr3.agent.parsers`).
+- **Full-resolution sources.** Before verl resizes the prompt images, the loop keeps the originals from the raw
+  prompt and passes them, with the size the model actually saw, to every tool call (``create_kwargs``). Tools crop
+  and re-render from the original; box coordinates are mapped from the seen frame.
+- **VisionThink's low-resolution first view** (``low_res_factor``): the prompt images are downsampled per side after
+  the dataset's budget; the resize tool then re-renders the original at the pre-downsampling size.
+- **VLM-R3's inline boxes** (``tool_format: bbox_json``): generation stops at the box (``stop`` strings), the crop is
+  inserted *inside the same assistant turn* (``<|vision_start|><|image_pad|>…<|vision_end|>``, mask 0) and generation
+  resumes — no user turn, as in the paper's code.
+- **Limits** on assistant turns and on images per trajectory (an over-limit call gets an error turn, or ends the
+  trajectory with ``image_limit_action: terminate`` as VisionThink does).
+- **Per-trajectory metrics** in ``extra_fields`` (verl forwards every key to the reward function's ``extra_info``):
+  ``tool_calls``, ``valid_tool_calls``, ``invalid_tool_calls``, ``tool_errors``, ``num_images``, ``tool_images``,
+  ``image_tokens``, ``crop_boxes``, ``image_limit_hits``. (``AgentLoopOutput.metrics`` keeps only verl's own timing
+  fields, so nothing of ours goes there.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
+from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
+from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
+from verl.tools.schemas import ToolResponse
+
+from visionr3.agent import parsers  # noqa: F401  (registers visionr3_hermes and bbox_json with verl's ToolParser)
+from visionr3.agent.parsers import MALFORMED_CALL
+from visionr3.processing import image_items, seen_size
+from visionr3.tools.geometry import downsampled_size
+
+logger = logging.getLogger(__name__)
+
+# VLM-R3's stop strings: generation pauses right after a box (or a final answer).
+VLM_R3_STOP = ["]}", "]\n}", "] }", "</answer>"]
+
+
+@dataclass
+class TrajectoryStats:
+    """Counters for one trajectory; written into ``AgentLoopOutput.extra_fields`` when it ends."""
+
+    tool_calls: int = 0
+    valid_tool_calls: int = 0
+    invalid_tool_calls: int = 0
+    image_limit_hits: int = 0
+    tool_errors: list[str] = field(default_factory=list)
+    crop_boxes: list[list[int]] = field(default_factory=list)
+
+
+def _plain(value: Any) -> Any:
+    """YAML values arrive as OmegaConf containers through hydra.instantiate; use plain Python ones."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def original_images(messages: list[dict]) -> list[Any]:
+    """References to the prompt's images at original resolution, in order, before any resizing.
+
+    verl's RLHFDataset puts ``{"type": "image", "image": <PIL or path>, ...}`` items into the raw prompt (opening bytes
+    at full resolution). The item itself is returned so :func:`visionr3.processing.open_image` can use whichever
+    form it carries.
+    """
+    items = image_items(messages)
+    for item in items:
+        if isinstance(item.get("image"), Image.Image):
+            item["image"].load()  # decode once here: tool threads of n sibling rollouts share this object
+    return items
+
+
+class VisionAgentLoop(ToolAgentLoop):
+    """verl's ToolAgentLoop with error turns, full-resolution sources, image limits and per-trajectory metrics.
+
+    Constructor keywords (the agent-loop YAML entry's fields; everything else is verl's):
+
+    - ``tool_format``: ``visionr3_hermes`` (default) or ``bbox_json`` (VLM-R3 inline boxes) — any name registered
+      with verl's ``ToolParser`` works;
+    - ``max_turns``: assistant turns (generation calls) per trajectory; default: verl's
+      ``multi_turn.max_assistant_turns``;
+    - ``max_images``: images per trajectory including the prompt's (default: unlimited);
+      ``image_limit_action``: ``error`` (default) or ``terminate``;
+    - ``low_res_factor``: VisionThink's first view, e.g. 0.5 per side (default: none);
+    - ``stop``: extra stop strings (default for ``bbox_json``: VLM-R3's);
+    - ``render_tool_schemas``: put the tools block in the system prompt (default true; VLM-R3 prompts describe the
+      box format in the user turn instead).
+    """
+
+    def __init__(
+        self,
+        *args,
+        tool_format: str = "visionr3_hermes",
+        max_turns: int | None = None,
+        max_images: int | None = None,
+        image_limit_action: str = "error",
+        low_res_factor: float | None = None,
+        stop: list[str] | None = None,
+        render_tool_schemas: bool = True,
+        **kwargs,
+    ):
+        kwargs.pop("name", None)  # verl passes the YAML entry's name too
+        super().__init__(*args, **kwargs)
+        self.tool_parser = ToolParser.get_tool_parser(tool_format, self.tokenizer)
+        self.tool_parser_name = tool_format
+        self.inline_observations = tool_format == "bbox_json"
+        if max_turns is not None:
+            self.max_assistant_turns = int(max_turns)
+        if image_limit_action not in ("error", "terminate"):
+            raise ValueError(f"visionr3_agent: image_limit_action must be 'error' or 'terminate', got {image_limit_action!r}")
+        self.max_images = int(max_images) if max_images is not None else None
+        self.image_limit_action = image_limit_action
+        self.low_res_factor = float(low_res_factor) if low_res_factor else None
+        stop = _plain(stop)
+        self.stop = list(stop) if stop else (list(VLM_R3_STOP) if self.inline_observations else [])
+        if not render_tool_schemas:
+            self.tool_schemas = []
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        self._stats = TrajectoryStats()
+        self._sources: list[Any] = []
+        self._seen_sizes: list[tuple[int, int]] = []
+        self._full_sizes: list[tuple[int, int]] = []
+        self._pending_images = 0
+
+    # ---- trajectory ------------------------------------------------------------------------------------------------
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        self._stats = TrajectoryStats()
+        self._sources = original_images(list(kwargs["raw_prompt"]))
+        output = await super().run(sampling_params, **kwargs)
+        images = output.multi_modal_data.get("images") or []
+        stats = asdict(self._stats)
+        output.extra_fields.update(
+            {
+                **stats,
+                "num_images": len(images),
+                "tool_images": max(0, len(images) - len(self._sources)),
+                "image_tokens": (output.prompt_ids + output.response_ids).count(self.image_token_id),
+            }
+        )
+        return output
+
+    async def process_multi_modal_info(self, messages: list[dict]) -> dict:
+        data = await super().process_multi_modal_info(messages)
+        images = data.get("images")
+        if images:
+            self._full_sizes = [image.size for image in images]
+            if self.low_res_factor:
+                images = [
+                    image.resize(downsampled_size(*image.size, self.low_res_factor), resample=Image.Resampling.LANCZOS)
+                    for image in images
+                ]
+                data["images"] = images
+            self._seen_sizes = [seen_size(self.processor, image.size, self.mm_processor_kwargs) for image in images]
+        return data
+
+    # ---- generation -----------------------------------------------------------------------------------------------
+
+    async def _handle_generating_state(self, agent_data: AgentData, sampling_params: dict[str, Any], ignore_termination: bool = False) -> AgentState:
+        if self.stop:
+            stop = list(dict.fromkeys([*(sampling_params.get("stop") or []), *self.stop]))
+            sampling_params = {**sampling_params, "stop": stop, "include_stop_str_in_output": True}
+        return await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+
+    # ---- tools ------------------------------------------------------------------------------------------------------
+
+    async def _handle_processing_tools_state(self, agent_data: AgentData) -> AgentState:
+        if self._at_image_limit(agent_data) and self.image_limit_action == "terminate":
+            self._stats.image_limit_hits += 1
+            return AgentState.TERMINATED
+        if self.inline_observations:
+            return await self._insert_inline_observation(agent_data)
+        return await super()._handle_processing_tools_state(agent_data)
+
+    def _at_image_limit(self, agent_data: AgentData) -> bool:
+        return self.max_images is not None and len(agent_data.image_data or []) + self._pending_images >= self.max_images
+
+    async def _call_tool(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data: AgentData):
+        self._stats.tool_calls += 1
+        active_tools = getattr(agent_data, "_active_tools", self.tools)
+        if tool_call.name == MALFORMED_CALL:
+            return self._reject(json.loads(tool_call.arguments)["error"])
+        if tool_call.name not in active_tools:
+            return self._reject(f"unknown tool {tool_call.name!r}; available: {', '.join(sorted(active_tools)) or 'none'}")
+        try:
+            arguments = json.loads(tool_call.arguments)
+        except json.JSONDecodeError as exc:
+            return self._reject(f"the arguments of {tool_call.name} are not valid JSON ({exc.msg})")
+        if not isinstance(arguments, dict):
+            return self._reject(f"the arguments of {tool_call.name} must be a JSON object")
+        if self._at_image_limit(agent_data):
+            self._stats.image_limit_hits += 1
+            return self._reject(f"the limit of {self.max_images} images per conversation is reached; answer now")
+
+        self._pending_images += 1  # parallel calls: images are appended only after the whole gather
+        try:
+            response, reward, info = await super()._call_tool(tool_call, self._with_sources(tools_kwargs, tool_call.name), agent_data)
+        finally:
+            self._pending_images -= 1
+        info = dict(info or {})
+        if info.get("valid") and response.image:
+            self._stats.valid_tool_calls += 1
+            if "source_box" in info:
+                self._stats.crop_boxes.append(list(info["source_box"]))
+        else:
+            self._stats.invalid_tool_calls += 1
+            self._stats.tool_errors.append(str(info.get("error") or response.text or "tool returned no image"))
+        return response, reward, info
+
+    def _reject(self, message: str) -> tuple[ToolResponse, float, dict]:
+        self._stats.invalid_tool_calls += 1
+        self._stats.tool_errors.append(message)
+        return ToolResponse(text=f"Error: {message}"), 0.0, {"valid": False, "error": message}
+
+    def _with_sources(self, tools_kwargs: dict[str, Any], tool_name: str) -> dict[str, Any]:
+        """Add this trajectory's originals and seen sizes to the tool's ``create_kwargs`` (the row's own keys win)."""
+        entry = dict(tools_kwargs.get(tool_name) or {})
+        create_kwargs = {
+            "source_images": self._sources,
+            "seen_sizes": self._seen_sizes,
+            "full_sizes": self._full_sizes,
+            **{k: v for k, v in dict(entry.get("create_kwargs") or {}).items() if v is not None},
+        }
+        return {**tools_kwargs, tool_name: {**entry, "create_kwargs": create_kwargs}}
+
+    async def _insert_inline_observation(self, agent_data: AgentData) -> AgentState:
+        """VLM-R3: put the crop (or the error) into the running assistant turn as context tokens (mask 0)."""
+        tool_call = agent_data.tool_calls[-1]  # VLM-R3 executes the last box of a segment
+        response, reward, _ = await self._call_tool(tool_call, agent_data.tools_kwargs, agent_data)
+        tokenizer = self.tokenizer
+        ids = [] if agent_data.prompt_ids and tokenizer.decode(agent_data.prompt_ids[-1:]).endswith("\n") else tokenizer.encode("\n", add_special_tokens=False)
+        new_images = [image for image in response.image or [] if image is not None]
+        if new_images:
+            merge = int(getattr(self.processor.image_processor, "merge_size", 2))
+            grids = self.processor.image_processor(images=new_images, **(agent_data.mm_processor_kwargs or {}))["image_grid_thw"]
+            for grid in grids:
+                ids += tokenizer.convert_tokens_to_ids(["<|vision_start|>"])
+                ids += [self.image_token_id] * (int(grid.prod()) // merge**2)
+                ids += tokenizer.convert_tokens_to_ids(["<|vision_end|>"])
+        else:
+            ids += tokenizer.encode(f"{response.text}\n", add_special_tokens=False)
+        if len(agent_data.response_mask) + len(ids) >= self.response_length:
+            return AgentState.TERMINATED
+        agent_data.prompt_ids = agent_data.prompt_ids + ids
+        agent_data.response_mask = agent_data.response_mask + [0] * len(ids)
+        if agent_data.response_logprobs:
+            agent_data.response_logprobs = agent_data.response_logprobs + [0.0] * len(ids)
+        if new_images:
+            agent_data.image_data = list(agent_data.image_data or []) + new_images
+        if reward is not None:
+            agent_data.tool_rewards.append(reward)
+        agent_data.user_turns += 1
+        return AgentState.GENERATING
