@@ -14,3 +14,22 @@ def config_path(*parts: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"visionr3 config file not found: {path}")
     return path
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers for our YAMLs (idempotent); :mod:`visionr3.plugin` calls it in every verl process.
+
+    - ``${visionr3.config:tools/crop_zoom.yaml}`` -> the absolute path of that file under configs/. verl resolves tool
+      and agent-loop paths against the working directory, so configs that name our files must not depend on where a
+      job is started (a Ray worker, a cluster node, an installed wheel).
+    - ``${visionr3.template:qwen2_5_vl_tool.jinja}`` -> the text of a chat template under configs/chat_templates/, for
+      ``actor_rollout_ref.model.custom_chat_template`` (which takes the template itself, not a path).
+    """
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("visionr3.config"):
+        OmegaConf.register_new_resolver("visionr3.config", lambda relative: str(config_path(*str(relative).split("/"))))
+    if not OmegaConf.has_resolver("visionr3.template"):
+        OmegaConf.register_new_resolver(
+            "visionr3.template", lambda name: config_path("chat_templates", str(name)).read_text(encoding="utf-8")
+        )

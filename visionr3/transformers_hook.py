@@ -13,56 +13,18 @@ GPU installs never get the ``.pth`` file (and ``prepare_runtime`` is a no-op whe
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import sys
-from types import ModuleType
-
-_TARGET = "transformers"
+from visionr3.platform import after_import
 
 
-class _PrepareAfterExec(importlib.abc.Loader):
-    """Wraps transformers' own loader; calls ``prepare_runtime`` once the package body has executed."""
+def _prepare(_transformers) -> None:
+    from visionr3.processing import prepare_runtime
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        # Put the real loader back first, so importlib.resources & co. see transformers exactly as without the hook.
-        module.__loader__ = self._loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self._loader
-        self._loader.exec_module(module)
-        from visionr3.processing import prepare_runtime
-
-        prepare_runtime()
-
-
-class _TransformersImportHook(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != _TARGET:
-            return None
-        sys.meta_path.remove(self)  # one-shot: find the real spec with the remaining finders
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _PrepareAfterExec(spec.loader)
-        return spec
+    prepare_runtime()
 
 
 def install() -> None:
     """Arrange for ``prepare_runtime`` to run right after ``transformers`` is imported (now, if it already is)."""
-    if _TARGET in sys.modules:
-        from visionr3.processing import prepare_runtime
-
-        prepare_runtime()
-        return
-    if not any(isinstance(finder, _TransformersImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _TransformersImportHook())
+    after_import("transformers", _prepare)
 
 
 PTH_NAME = "visionr3_cpu_runtime.pth"

@@ -1,0 +1,78 @@
+"""An offline synthetic task where looking closer matters: name the colour of a small square on a large canvas.
+
+Used by the CPU demo and the end-to-end tests. Each image is a plain canvas with one small coloured square at a random
+position; the question asks for its colour, so the ground truth is known exactly and a crop around the square makes
+the answer obvious. Rows follow verl's RLHF parquet schema (see :class:`VisionRow`) and select ``visionr3_agent``.
+Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
+QUESTION = "What colour is the small square? Zoom in if you need to, then answer with one word inside <answer></answer>."
+DATA_SOURCE = "visionr3/synthetic_marks"
+
+
+class VisionRow(TypedDict):
+    """One verl RLHF row as visionr3 writes it (``RLHFDataset`` reads these columns)."""
+
+    data_source: str
+    agent_name: str
+    prompt: list[dict[str, str]]  # chat messages; the user content holds one "<image>" per image
+    images: list[dict[str, Any]]  # HF datasets image dicts: {"bytes": PNG bytes, "path": None}
+    reward_model: dict[str, str]  # {"style": "rule", "ground_truth": answer}
+    extra_info: dict[str, Any]  # index, question, and the square's box in source pixels
+
+
+@dataclass(frozen=True)
+class MarkSample:
+    image: Image.Image
+    colour: str
+    box: tuple[int, int, int, int]  # (x1, y1, x2, y2) of the square, pixels of ``image``
+
+
+def make_sample(rng: random.Random, size: tuple[int, int] = (448, 448), side: int = 16) -> MarkSample:
+    width, height = size
+    colour = rng.choice(sorted(COLOURS))
+    x1, y1 = rng.randrange(0, width - side), rng.randrange(0, height - side)
+    image = Image.new("RGB", size, (236, 236, 230))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((x1, y1, x1 + side - 1, y1 + side - 1), fill=COLOURS[colour])
+    return MarkSample(image=image, colour=colour, box=(x1, y1, x1 + side, y1 + side))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_row(sample: MarkSample, index: int, agent_name: str = "visionr3_agent") -> VisionRow:
+    return VisionRow(
+        data_source=DATA_SOURCE,
+        agent_name=agent_name,
+        prompt=[{"role": "user", "content": "<image>" + QUESTION}],
+        images=[{"bytes": png_bytes(sample.image), "path": None}],
+        reward_model={"style": "rule", "ground_truth": sample.colour},
+        extra_info={"index": index, "question": QUESTION, "box": list(sample.box)},
+    )
+
+
+def write_parquet(path: str | Path, count: int, seed: int, size: tuple[int, int] = (448, 448)) -> Path:
+    """Write ``count`` rows to ``path`` (parquet); returns the path."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    rows = [make_row(make_sample(rng, size), index=i) for i in range(count)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path
