@@ -37,17 +37,11 @@ def bench_tools(repeats: int) -> None:
 
     from visionr3.configs import config_path
     from visionr3.tools.geometry import plan_crop
+    from visionr3.tools.image_tools import call_tool
 
     crop_tool = initialize_tools_from_config(str(config_path("tools", "crop_zoom.yaml")))[0]
     resize_tool = initialize_tools_from_config(str(config_path("tools", "resize.yaml")))[0]
     rng = np.random.default_rng(0)
-
-    async def execute(tool, params, create_kwargs):
-        instance, _ = await tool.create(create_kwargs=create_kwargs)
-        try:
-            return await tool.execute(instance, params)
-        finally:
-            await tool.release(instance)
 
     def timed(fn) -> list[float]:
         out = []
@@ -67,8 +61,8 @@ def bench_tools(repeats: int) -> None:
         plan = plan_crop(box, frame="model_pixels", seen_size=seen, source_size=(w, h), max_pixels=802816)
         loop = asyncio.new_event_loop()
         try:
-            crop = timed(lambda: loop.run_until_complete(execute(crop_tool, {"bbox_2d": box}, kwargs)))
-            resize = timed(lambda: loop.run_until_complete(execute(resize_tool, {"action": "resize"}, kwargs)))
+            crop = timed(lambda: loop.run_until_complete(call_tool(crop_tool, {"bbox_2d": box}, kwargs)))
+            resize = timed(lambda: loop.run_until_complete(call_tool(resize_tool, {"action": "resize"}, kwargs)))
         finally:
             loop.close()
         pil_crop = timed(lambda: source.crop(plan.source_box).resize(plan.output_size, Image.Resampling.BICUBIC))

@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-DATA_MAX_PIXELS = 224 * 224  # the demo's prompt image: 64 vision tokens
 
 
 def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0) -> tuple[Path, float]:
@@ -38,9 +37,13 @@ def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0) -> tuple[Path, 
     from visionr3.testing.tiny_model import cache_root
     from visionr3.warmup import supervised_warmup
 
+    from omegaconf import OmegaConf
+
+    # The warm-up shows the policy its prompt image at the same budget as the GRPO run: cpu_demo.yaml's.
+    data_max_pixels = int(OmegaConf.load(config_path("cpu_demo.yaml")).data.max_pixels)
     tool_config = config_path("tools", "crop_zoom.yaml")
     key = hashlib.sha256(
-        f"{base_dir}|{steps}|{seed}|{DATA_MAX_PIXELS}".encode()
+        f"{base_dir}|{steps}|{seed}|{data_max_pixels}".encode()
         + Path(__file__).with_name("warmup.py").read_bytes()
         + tool_config.read_bytes()
     ).hexdigest()[:16]
@@ -50,7 +53,7 @@ def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0) -> tuple[Path, 
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     result = supervised_warmup(
-        base_dir, staging, tool_config=tool_config, data_max_pixels=DATA_MAX_PIXELS, steps=steps, seed=seed, lr=1e-2
+        base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed, lr=1e-2
     )
     try:
         os.rename(staging, target)

@@ -49,14 +49,10 @@ def demonstration(sample: MarkSample, tool, seen_size: tuple[int, int], pad: int
     x1, y1, x2, y2 = sample.box
     box = [max(0, round((x1 - pad) * sx)), max(0, round((y1 - pad) * sy)), round((x2 + pad) * sx), round((y2 + pad) * sy)]
 
-    async def call_tool():
-        instance, _ = await tool.create(create_kwargs={"source_images": [sample.image], "seen_sizes": [seen_size]})
-        try:
-            return await tool.execute(instance, {"bbox_2d": box})
-        finally:
-            await tool.release(instance)
+    from visionr3.tools.image_tools import call_tool
 
-    response, _, info = asyncio.run(call_tool())
+    create_kwargs = {"source_images": [sample.image], "seen_sizes": [seen_size]}
+    response, _, info = asyncio.run(call_tool(tool, {"bbox_2d": box}, create_kwargs))
     if not info.get("valid"):
         raise RuntimeError(f"the warm-up box {box} was rejected: {response.text}")
     return [

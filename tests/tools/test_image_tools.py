@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from visionr3.tools.geometry import plan_crop
-from visionr3.tools.image_tools import CropZoomTool, ResizeTool
+from visionr3.tools.image_tools import CropZoomTool, ResizeTool, call_tool
 
 CROP_CONFIG = {"type": "native", "coordinate_frame": "model_pixels", "zoom": "vlm_r3", "crop_max_pixels": 1024 * 784}
 
@@ -28,14 +28,7 @@ def _gradient(width, height):
 
 
 def _call(tool, params, **create_kwargs):
-    async def go():
-        instance, _ = await tool.create(create_kwargs=create_kwargs)
-        try:
-            return await tool.execute(instance, params)
-        finally:
-            await tool.release(instance)
-
-    return asyncio.run(go())
+    return asyncio.run(call_tool(tool, params, create_kwargs))
 
 
 def test_crop_is_taken_from_the_source_not_the_seen_copy():

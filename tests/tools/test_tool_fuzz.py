@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from visionr3.tools.image_tools import CropZoomTool, ResizeTool
+from visionr3.tools.image_tools import CropZoomTool, ResizeTool, call_tool
 
 SOURCE = Image.new("RGB", (1600, 900), (120, 30, 200))
 SEEN = (448, 252)
@@ -52,14 +52,8 @@ LOOP = asyncio.new_event_loop()
 
 
 def _execute(tool, params):
-    async def go():
-        instance, _ = await tool.create(create_kwargs={"source_images": [SOURCE], "seen_sizes": [SEEN], "full_sizes": [(800, 450)]})
-        try:
-            return await tool.execute(instance, params)
-        finally:
-            await tool.release(instance)
-
-    return LOOP.run_until_complete(go())
+    sources = {"source_images": [SOURCE], "seen_sizes": [SEEN], "full_sizes": [(800, 450)]}
+    return LOOP.run_until_complete(call_tool(tool, params, sources))
 
 
 @settings(max_examples=3000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

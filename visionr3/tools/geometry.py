@@ -116,24 +116,25 @@ class BoxError(ValueError):
 def parse_box(value: object) -> Box:
     """Validate a model-written ``bbox_2d``: a JSON array of exactly four finite real numbers (not bools/strings)."""
     if not isinstance(value, (list, tuple)):
-        raise BoxError(f"bbox_2d must be a list of 4 numbers [x1, y1, x2, y2], got {_short(value)}")
+        raise BoxError(f"bbox_2d must be a list of 4 numbers [x1, y1, x2, y2], got {short_repr(value)}")
     if len(value) != 4:
         raise BoxError(f"bbox_2d must have exactly 4 numbers [x1, y1, x2, y2], got {len(value)}")
     numbers = []
     for item in value:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise BoxError(f"bbox_2d must contain only numbers, got {_short(item)}")
+            raise BoxError(f"bbox_2d must contain only numbers, got {short_repr(item)}")
         try:
             number = float(item)  # JSON integers are unbounded; beyond float range they cannot be a pixel
         except OverflowError:
-            raise BoxError(f"bbox_2d contains a number too large to be a coordinate: {_short(item)}") from None
+            raise BoxError(f"bbox_2d contains a number too large to be a coordinate: {short_repr(item)}") from None
         if not math.isfinite(number):
-            raise BoxError(f"bbox_2d must contain finite numbers, got {_short(item)}")
+            raise BoxError(f"bbox_2d must contain finite numbers, got {short_repr(item)}")
         numbers.append(number)
     return (numbers[0], numbers[1], numbers[2], numbers[3])
 
 
-def _short(value: object, limit: int = 60) -> str:
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error texts the model reads."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -268,17 +269,17 @@ def plan_crop(
     check_source_size(sw, sh)
     x1, y1, x2, y2 = to_source_box(box, frame, seen_size, source_size)
     if x1 >= x2 or y1 >= y2:
-        raise BoxError(f"bbox_2d {_short(list(_round(box)))} is empty or inverted: need x1 < x2 and y1 < y2")
+        raise BoxError(f"bbox_2d {short_repr(list(_round(box)))} is empty or inverted: need x1 < x2 and y1 < y2")
     clamped = clamp_box((x1, y1, x2, y2), sw, sh)
     if clamped[0] >= clamped[2] or clamped[1] >= clamped[3]:
-        raise BoxError(f"bbox_2d {_short(list(_round(box)))} lies outside the image")
+        raise BoxError(f"bbox_2d {short_repr(list(_round(box)))} lies outside the image")
     # min_side is meant in pixels of the image the model saw: one 28-px token there covers more of a larger source.
     seen_w, seen_h = seen_size
     side = max(min_side * sw / seen_w, min_side * sh / seen_h)
     grown = expand_to_min_side(clamped, side, sw, sh)
     width, height = grown[2] - grown[0], grown[3] - grown[1]
     if max(width, height) / min(width, height) > max_aspect:
-        raise BoxError(f"bbox_2d {_short(list(_round(box)))} is too elongated (aspect ratio above {max_aspect:g})")
+        raise BoxError(f"bbox_2d {short_repr(list(_round(box)))} is too elongated (aspect ratio above {max_aspect:g})")
     source_box = integer_box(grown, sw, sh)
     crop_w, crop_h = source_box[2] - source_box[0], source_box[3] - source_box[1]
     scale = zoom_scale(zoom, crop_w * crop_h, sw * sh)
@@ -291,7 +292,7 @@ def plan_crop(
             max_pixels=max_pixels,
         )
     except ValueError as exc:  # e.g. outward rounding pushed a crop accepted at max_aspect >= 200 past Qwen's limit
-        raise BoxError(f"bbox_2d {_short(list(_round(box)))} cannot be shown to the model: {exc}") from None
+        raise BoxError(f"bbox_2d {short_repr(list(_round(box)))} cannot be shown to the model: {exc}") from None
     return CropPlan(source_box=source_box, output_size=(out_w, out_h), zoom=scale)
 
 

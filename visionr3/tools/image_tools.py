@@ -32,6 +32,7 @@ from visionr3.tools.geometry import (
     BoxError,
     check_source_size,
     plan_crop,
+    short_repr,
     smart_resize,
 )
 
@@ -162,7 +163,7 @@ class ResizeTool(_SourceImageTool):
     def _execute(self, call: dict, parameters: Any):
         action = parameters.get("action") if isinstance(parameters, dict) else None
         if action != "resize":
-            return _error(f"the only action is \"resize\", got {_describe(action)}")
+            return _error(f"the only action is \"resize\", got {short_repr(action, 40)}")
         source, seen, full = self._source(call)
         width, height = source.size
         if self.config.get("output", "full") == "full" and full is not None:
@@ -183,6 +184,13 @@ def _error(message: str):
     return ToolResponse(text=f"Error: {message}"), 0.0, {"valid": False, "error": message}
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+async def call_tool(tool: BaseTool, parameters: Any, create_kwargs: dict | None = None):
+    """One call the way verl 0.9.1's agent loop makes it: create -> execute -> release.
+
+    For code that runs a tool outside an agent loop (the demo's warm-up, benchmarks, tests).
+    """
+    instance_id, _ = await tool.create(create_kwargs=create_kwargs or {})
+    try:
+        return await tool.execute(instance_id, parameters)
+    finally:
+        await tool.release(instance_id)
