@@ -50,3 +50,31 @@ def processor(model_dir):
     from visionr3.processing import load_processor
 
     return load_processor(model_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one local Ray of the test session, started on first use (or the cluster this process already joined).
+
+    Its resources are logical and over-declared on purpose — 8 CPUs and 2 GPUs whatever the box has: Ray schedules by
+    these numbers only. Test actors reserve ``num_cpus=0`` (two actors reserving a CPU each starve a 2-core Ray), and
+    verl's resource pools reserve one ``"GPU"`` per bundle (on CPU a device is a logical GPU; see
+    ``visionr3.platform.cpu``): two let a reward model's own pool sit beside the trainer's ``global_pool``.
+    """
+    import shutil
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        yield ray
+        return
+    temp_dir = tempfile.mkdtemp(prefix="vr3ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 characters
+    ray.init(
+        num_cpus=8, num_gpus=2, include_dashboard=False, namespace="visionr3-tests", _temp_dir=temp_dir,
+        log_to_driver=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

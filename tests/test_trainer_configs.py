@@ -51,7 +51,7 @@ def test_configs_compose_and_validate(name, overrides):
     assert rollout.agent.agent_loop_config_path == str(config_path("agent_loop.yaml"))
     assert rollout.agent.default_agent_loop == "visionr3_agent"
     assert config.data.custom_cls.name == "VisionRLDataset"
-    assert config.reward.custom_reward_function.path == "pkg://visionr3.reward.rules"
+    assert config.reward.custom_reward_function.path == "pkg://visionr3.reward.score"
     assert config.trainer.v1.trainer_mode == "visionr3_sync"
     if name == "visionr3_trainer":
         assert "<tool_call>" in config.actor_rollout_ref.model.custom_chat_template  # our tool-capable template

@@ -15,7 +15,7 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from visionr3.demo import run_demo
 
-    return run_demo(output_dir=args.output_dir, warmup_steps=args.warmup_steps, steps=args.steps, n=args.n)
+    return run_demo(output_dir=args.output_dir, warmup_steps=args.warmup_steps, steps=args.steps, n=args.n, recipe=args.recipe)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--warmup-steps", type=int, default=100, help="supervised warm-up steps before RL")
     demo.add_argument("--steps", type=int, default=3, help="GRPO steps")
     demo.add_argument("--n", type=int, default=4, help="rollouts per prompt")
+    demo.add_argument(
+        "--recipe", default="visionr3", choices=["visionr3", "vision_sr1"],
+        help="visionr3: zoom tool + rule reward; vision_sr1: Vision-SR1 self-reward (text-only second pass)",
+    )
     demo.set_defaults(func=_demo)
     train = sub.add_parser(
         "train",

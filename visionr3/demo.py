@@ -9,8 +9,9 @@ Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores,
 3. **warm-up** — supervised fine-tuning on synthetic tool-using demonstrations (:mod:`visionr3.warmup`), the papers'
    cold start, so the policy emits well-formed ``image_zoom_in_tool`` calls (cached by its settings);
 4. **GRPO** — ``visionr3 train --config-name cpu_demo`` in a child process: verl's trainer with the CPU platform, the
-   HF rollout replica, ``visionr3_agent`` + crop/zoom tool and the ``answer_match`` rule reward; per-step metrics
-   go to verl's file logger;
+   HF rollout replica, ``visionr3_agent`` + crop/zoom tool and the ``visionr3`` rule reward; per-step metrics
+   go to verl's file logger. ``--recipe vision_sr1`` runs Vision-SR1 instead: description/think/boxed answers, the
+   text-only self-reward pass through the same rollout server, and decoupled answer/visual advantages;
 5. **merge** — verl's ``model_merger`` turns the last FSDP checkpoint into a Hugging Face directory, which is
    reloaded with ``AutoModelForImageTextToText`` and compared with the checkpoint's weights.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 
 
-def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0) -> tuple[Path, float]:
+def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0, task: str = "zoom") -> tuple[Path, float]:
     """A cached warm-up of ``base_dir`` (rebuilt when the settings, the warm-up code or the base model change)."""
     from visionr3.configs import config_path
     from visionr3.testing.tiny_model import cache_root
@@ -43,7 +44,7 @@ def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0) -> tuple[Path, 
     data_max_pixels = int(OmegaConf.load(config_path("cpu_demo.yaml")).data.max_pixels)
     tool_config = config_path("tools", "crop_zoom.yaml")
     key = hashlib.sha256(
-        f"{base_dir}|{steps}|{seed}|{data_max_pixels}".encode()
+        f"{base_dir}|{steps}|{seed}|{data_max_pixels}|{task}".encode()
         + Path(__file__).with_name("warmup.py").read_bytes()
         + tool_config.read_bytes()
     ).hexdigest()[:16]
@@ -53,13 +54,32 @@ def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0) -> tuple[Path, 
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     result = supervised_warmup(
-        base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed, lr=1e-2
+        base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed, lr=1e-2,
+        task=task,
     )
     try:
         os.rename(staging, target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return target, result["seconds"]
+
+
+DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
+    # recipe -> (synthetic task, trainer overrides on cpu_demo.yaml)
+    "visionr3": ("zoom", []),
+    "vision_sr1": (
+        "sr1",
+        [
+            "visionr3.reward.recipe=vision_sr1",
+            "visionr3.advantage.decouple={visual: 1.0}",   # the paper's v2: separate answer and visual advantages
+            "actor_rollout_ref.rollout.agent.default_agent_loop=visionr3_vision_sr1",
+            # The warmed-up policy is near-deterministic at 0.7: every rollout then has the same length, and verl
+            # 0.9.1's TransferQueue packs position_ids of equal-shaped rows as a differently-ragged nested tensor
+            # that crashes update_actor (NOTE.md). A hotter policy varies its lengths.
+            "actor_rollout_ref.rollout.temperature=1.5",
+        ],
+    ),
+}
 
 
 def read_step_metrics(path: Path) -> list[dict]:
@@ -75,6 +95,7 @@ def run_demo(
     steps: int = 3,
     n: int = 4,
     train_rows: int = 32,
+    recipe: str = "visionr3",
 ) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from visionr3.data.synthetic import write_parquet
@@ -90,13 +111,16 @@ def run_demo(
     timings["model_s"] = time.perf_counter() - start
     print(f"[1/5] model: tiny Qwen2.5-VL (real Qwen vocabulary) at {base}", flush=True)
 
-    train = write_parquet(out / "data" / "train.parquet", train_rows, seed=0)
-    val = write_parquet(out / "data" / "val.parquet", 4, seed=1)
-    print(f"[2/5] data: {train_rows} training rows of the small-square colour task -> {train.parent}", flush=True)
+    if recipe not in DEMO_RECIPES:
+        raise ValueError(f"visionr3 demo: unknown recipe {recipe!r}; expected one of {sorted(DEMO_RECIPES)}")
+    task, overrides = DEMO_RECIPES[recipe]
+    train = write_parquet(out / "data" / "train.parquet", train_rows, seed=0, task=task)
+    val = write_parquet(out / "data" / "val.parquet", 4, seed=1, task=task)
+    print(f"[2/5] data: {train_rows} training rows of the small-square colour task ({task}) -> {train.parent}", flush=True)
 
     start = time.perf_counter()
-    print(f"[3/5] warm-up: {warmup_steps} supervised steps on synthetic zoom-then-answer demonstrations", flush=True)
-    policy, trained_s = warmup_checkpoint(base, warmup_steps)
+    print(f"[3/5] warm-up: {warmup_steps} supervised steps on synthetic {task} demonstrations", flush=True)
+    policy, trained_s = warmup_checkpoint(base, warmup_steps, task=task)
     timings["warmup_s"] = time.perf_counter() - start
     print(f"      policy: {policy} ({'trained' if trained_s else 'cached'}, {timings['warmup_s']:.0f} s)", flush=True)
 
@@ -112,6 +136,7 @@ def run_demo(
         f"trainer.save_freq={steps}",
         f"trainer.default_local_dir={out / 'checkpoints'}",
         "trainer.logger=[console,file]",
+        *overrides,
     ]
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file)}
     print(f"[4/5] GRPO: {steps} steps of verl's trainer (rollout n={n}); log: {out / 'train.log'}", flush=True)
@@ -128,7 +153,9 @@ def run_demo(
     for row in rows:
         print(
             f"      step {row['step']}: reward {row['critic/score/mean']:.3f}  "
-            f"accuracy {row.get('visionr3/reward/acc/mean', float('nan')):.2f}  "
+            f"accuracy {row.get('visionr3/reward/accuracy/mean', float('nan')):.2f}  "
+            + (f"visual {row.get('visionr3/reward/visual/mean', float('nan')):.2f}  " if recipe == "vision_sr1" else "")
+            + 
             f"tool-call rate {row.get('visionr3/tool_call_rate', float('nan')):.2f}  "
             f"valid calls {row.get('visionr3/valid_call_ratio', float('nan')):.2f}  "
             f"turns {row['training/num_turns/mean']:.2f}  {row['timing_s/step']:.1f} s",
@@ -145,7 +172,10 @@ def run_demo(
     summary = {
         "steps": len(rows),
         "reward_mean": [row["critic/score/mean"] for row in rows],
-        "accuracy": [row.get("visionr3/reward/acc/mean") for row in rows],
+        "recipe": recipe,
+        "accuracy": [row.get("visionr3/reward/accuracy/mean") for row in rows],
+        "visual": [row.get("visionr3/reward/visual/mean") for row in rows],
+        "self_answered_rate": [row.get("visionr3/self_reward/answered_rate") for row in rows],
         "tool_call_rate": [row.get("visionr3/tool_call_rate") for row in rows],
         "valid_call_ratio": [row.get("visionr3/valid_call_ratio") for row in rows],
         "tool_images": [row.get("visionr3/tool_images/mean") for row in rows],

@@ -1,11 +1,23 @@
 """verl's synchronous v1 trainer, registered as ``trainer.v1.trainer_mode=visionr3_sync``, plus visionr3 metrics.
 
-verl's v1 trainer logs ``num_turns`` but none of an agent loop's ``extra_fields``. This subclass changes only
+verl's v1 trainer logs ``num_turns`` but none of an agent loop's ``extra_fields``. This subclass extends
 ``_compute_metrics``: after verl's own metrics it reads the batch's ``extra_fields`` from TransferQueue (before verl
 clears it) and adds ``visionr3/<key>/{mean,min,max}`` for the per-trajectory counters ``visionr3_agent`` records,
 plus ``visionr3/tool_call_rate`` (share of trajectories with at least one call), ``visionr3/valid_call_ratio`` and
 ``visionr3/reward/<component>/mean`` for each numeric field of the reward function's dict (accuracy, format, ...),
 which verl's v1 trainer otherwise logs only during validation.
+
+It also overrides ``_compute_advantage`` — the one place where all ``n`` rollouts of every prompt are present — for
+visionr3's group-level rewards (pure functions in :mod:`visionr3.reward.shaping`), and only when they are configured:
+
+1. ``visionr3.shaping.apply_ratio.enable``: VisionThink's apply-ratio penalty rewrites each trajectory's score
+   (``rm_scores`` in TransferQueue) *before* verl computes advantages, so verl's ``critic/score/*`` metrics, KL-in-
+   reward and rollout correction all see the shaped reward;
+2. trajectories marked ``excluded`` by the reward (a judge that failed after its retries, ``on_failure: exclude``)
+   or ``visionr3.advantage.decouple`` (Vision-SR1 v2's decoupled advantages): verl computes its advantages first,
+   then they are replaced by :func:`~visionr3.reward.shaping.grpo_advantages` /
+   :func:`~visionr3.reward.shaping.decoupled_advantages` over the same rows (GRPO only).
+
 Everything else — the training loop, weight sync, checkpoints — is verl's ``PPOTrainerSync`` unchanged.
 
 The class registers when this module is imported; :mod:`visionr3.plugin` imports it in every process verl starts.
@@ -26,7 +38,9 @@ TRAJECTORY_COUNTERS = (
     "tool_images",
     "image_tokens",
     "image_limit_hits",
+    "self_answer_tokens",
 )
+SELF_REWARD_STATUSES = ("answered", "no_description", "empty_description", "leaky_description", "failed")
 
 
 def aggregate_trajectory_metrics(extra_fields: Sequence[Mapping[str, Any] | None], prefix: str = "visionr3/") -> dict[str, float]:
@@ -49,12 +63,70 @@ def aggregate_trajectory_metrics(extra_fields: Sequence[Mapping[str, Any] | None
                 rewards.setdefault(key, []).append(float(value))
     for key, values in rewards.items():
         metrics[f"{prefix}reward/{key}/mean"] = float(np.mean(values))
+    statuses = [row.get("self_reward_status") for row in rows if row.get("self_reward_status")]
+    if statuses:  # Vision-SR1's second pass: how often it could run, and why not
+        for status in SELF_REWARD_STATUSES:
+            metrics[f"{prefix}self_reward/{status}_rate"] = float(np.mean([s == status for s in statuses]))
     calls = [float(row["tool_calls"]) for row in rows if isinstance(row.get("tool_calls"), (int, float, np.number))]
     if calls:
         metrics[f"{prefix}tool_call_rate"] = float(np.mean([c > 0 for c in calls]))
         valid = sum(float(row.get("valid_tool_calls") or 0) for row in rows)
         metrics[f"{prefix}valid_call_ratio"] = valid / sum(calls) if sum(calls) else 0.0
     return metrics
+
+
+def reward_rows(extra_fields: Sequence[Mapping[str, Any] | None]) -> list[dict[str, float]]:
+    """Each trajectory's reward dict (``extra_fields["reward_extra_info"]``), ``{}`` where there is none."""
+    rows = []
+    for row in extra_fields:
+        info = row.get("reward_extra_info") if isinstance(row, Mapping) else None
+        rows.append(dict(info) if isinstance(info, Mapping) else {})
+    return rows
+
+
+def shape_scores(
+    uids: Sequence[str], scores: np.ndarray, rewards: Sequence[Mapping[str, Any]], valid: np.ndarray, config: Any
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Scores after the apply-ratio penalty, and its metrics. ``config`` is ``visionr3.shaping`` (or ``None``)."""
+    from visionr3.reward.shaping import ApplyRatioConfig, apply_ratio_penalties
+
+    apply_ratio = ApplyRatioConfig.from_dict((config or {}).get("apply_ratio"))
+    if not apply_ratio.enable:
+        return scores, {}
+    accuracy = [float(r.get("accuracy", 0.0)) for r in rewards]
+    called = [float(r.get("tool_calls", r.get("tool", 0.0)) or 0.0) > 0 for r in rewards]
+    penalties, ratios = apply_ratio_penalties(uids, accuracy, called, apply_ratio, valid)
+    defined = ratios[~np.isnan(ratios)]
+    metrics = {
+        "visionr3/shaping/apply_ratio_penalty/mean": float(penalties[valid].mean()) if valid.any() else 0.0,
+        "visionr3/shaping/penalised_rate": float((penalties[valid] > 0).mean()) if valid.any() else 0.0,
+        "visionr3/shaping/direct_answer_ratio/mean": float(defined.mean()) if defined.size else float("nan"),
+    }
+    return scores - penalties, metrics
+
+
+def custom_advantages(
+    uids: Sequence[str],
+    scores: np.ndarray,
+    rewards: Sequence[Mapping[str, Any]],
+    valid: np.ndarray,
+    decouple: Mapping[str, float] | None,
+    *,
+    norm_by_std: bool = True,
+) -> np.ndarray:
+    """Per-row scalar advantages with excluded rows left out, decoupled by reward term when asked."""
+    from visionr3.reward.shaping import decoupled_advantages, grpo_advantages
+
+    if not decouple:
+        return grpo_advantages(uids, scores, valid, norm_by_std=norm_by_std)
+    terms: dict[str, np.ndarray] = {}
+    rest = scores.astype(np.float64).copy()
+    for name, weight in decouple.items():
+        values = np.array([float(r.get(name, 0.0)) for r in rewards])
+        terms[name] = values
+        rest -= float(weight) * values
+    terms["rest"] = rest
+    return decoupled_advantages(uids, terms, valid, norm_by_std=norm_by_std)
 
 
 def _register() -> None:
@@ -73,6 +145,68 @@ def _register() -> None:
             rows = list(data["extra_fields"].tolist()) if hasattr(data["extra_fields"], "tolist") else list(data["extra_fields"])
             padding = [tag.get("is_padding", False) for tag in batch.tags]
             metrics.update(aggregate_trajectory_metrics([row for row, pad in zip(rows, padding) if not pad]))
+
+        # ---- group-level rewards --------------------------------------------------------------------------------
+
+        def _visionr3_settings(self) -> tuple[dict, dict | None, bool]:
+            from omegaconf import OmegaConf
+
+            block = self.config.get("visionr3")
+            block = OmegaConf.to_container(block, resolve=True) if block is not None else {}
+            shaping = block.get("shaping") or {}
+            decouple = (block.get("advantage") or {}).get("decouple") or None
+            apply_ratio = bool((shaping.get("apply_ratio") or {}).get("enable", False))
+            return shaping, decouple, apply_ratio
+
+        def _compute_advantage(self, batch, metrics):
+            import torch
+            import transfer_queue as tq
+            from tensordict import TensorDict
+            from verl.workers.utils.padding import response_to_nested
+
+            shaping, decouple, apply_ratio = self._visionr3_settings()
+            fields = ["uid", "rm_scores", "response_mask", "extra_fields"]
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+            uids = [str(uid) for uid in data["uid"].tolist()] if hasattr(data["uid"], "tolist") else list(data["uid"])
+            extra = data["extra_fields"]
+            rewards = reward_rows(list(extra.tolist()) if hasattr(extra, "tolist") else list(extra))
+            padding = np.array([bool(tag.get("is_padding", False)) for tag in batch.tags])
+            excluded = np.array([float(r.get("excluded", 0.0)) > 0 for r in rewards])
+            valid = ~padding & ~excluded
+            response_mask = data["response_mask"]
+            padded_scores = data["rm_scores"].to_padded_tensor(0.0) if data["rm_scores"].is_nested else data["rm_scores"]
+            scores = padded_scores.sum(-1).double().numpy()
+            metrics["visionr3/excluded_samples"] = float(excluded[~padding].sum())
+
+            if apply_ratio:
+                shaped, shaping_metrics = shape_scores(uids, scores, rewards, ~padding, shaping)
+                metrics.update(shaping_metrics)
+                mask = response_mask.to_padded_tensor(0) if response_mask.is_nested else response_mask
+                lengths = mask.sum(-1).long()
+                new_scores = torch.zeros_like(padded_scores)
+                last = (lengths - 1).clamp(min=0)
+                new_scores[torch.arange(len(lengths)), last] = torch.as_tensor(shaped, dtype=padded_scores.dtype)
+                output = TensorDict({"rm_scores": response_to_nested(new_scores, response_mask)}, batch_size=len(batch))
+                batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+                scores = shaped
+
+            batch = super()._compute_advantage(batch, metrics)
+            if not (excluded.any() or decouple):
+                return batch
+            if self.config.algorithm.adv_estimator != "grpo" or self.config.algorithm.use_kl_in_reward:
+                raise ValueError(
+                    "visionr3.advantage.decouple and judge.on_failure=exclude need algorithm.adv_estimator=grpo and "
+                    "algorithm.use_kl_in_reward=False (use the actor's KL loss instead)"
+                )
+            advantages = custom_advantages(
+                uids, scores, rewards, valid, decouple,
+                norm_by_std=bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True)),
+            )
+            mask = response_mask.to_padded_tensor(0) if response_mask.is_nested else response_mask
+            dense = torch.as_tensor(advantages, dtype=torch.float32).unsqueeze(-1) * mask.float()
+            nested = response_to_nested(dense, response_mask)
+            output = TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=len(batch))
+            return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
     globals()["VisionR3SyncTrainer"] = VisionR3SyncTrainer
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visionr3.data.synthetic import QUESTION, MarkSample, make_sample
+from visionr3.data.synthetic import QUESTION, SR1_FORMAT, SR1_QUESTION, MarkSample, make_sample
 
 
 def assistant_label_mask(input_ids: list[int], im_start: int, im_end: int, assistant_header: list[int]) -> list[bool]:
@@ -67,6 +67,26 @@ def demonstration(sample: MarkSample, tool, seen_size: tuple[int, int], pad: int
     ]
 
 
+def sr1_demonstrations(sample: MarkSample) -> list[list[dict[str, Any]]]:
+    """Vision-SR1's cold start, in miniature: the description/think/boxed answer from the image, and the text-only
+    answer from that description (the second pass's prompt), so both passes of the recipe have a policy to sample."""
+    from visionr3.agent.loop import SELF_REWARD_PROMPT
+
+    description = f"A plain light canvas with one small {sample.colour} square on it."
+    first = [
+        {"role": "user", "content": [{"type": "text", "text": SR1_QUESTION}, {"type": "image", "image": sample.image}, {"type": "text", "text": SR1_FORMAT}]},
+        {
+            "role": "assistant",
+            "content": f"<description>{description}</description> <think>The square is {sample.colour}.</think> \\boxed{{{sample.colour}}}",
+        },
+    ]
+    second = [
+        {"role": "user", "content": SELF_REWARD_PROMPT.format(description=description, question=SR1_QUESTION)},
+        {"role": "assistant", "content": f"<think>The description says the square is {sample.colour}.</think> \\boxed{{{sample.colour}}}"},
+    ]
+    return [first, second]
+
+
 def supervised_warmup(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -80,8 +100,11 @@ def supervised_warmup(
     image_size: tuple[int, int] = (448, 448),
     pool_batches: int = 8,
     log_every: int = 10,
+    task: str = "zoom",
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on synthetic demonstrations and save a complete HF checkpoint to ``out_dir``.
+
+    ``task``: ``zoom`` (zoom-then-answer, the default demo) or ``sr1`` (Vision-SR1's two passes, no tools).
 
     Returns ``{"losses": [...], "seconds": float, "out_dir": str}``.
     """
@@ -106,7 +129,14 @@ def supervised_warmup(
 
     def batch_inputs():
         texts, images = [], []
-        for _ in range(batch_size):
+        while task == "sr1" and len(texts) < batch_size:
+            sample = make_sample(rng, image_size)
+            shown = fetch_image(sample.image, patch_size=patch, max_pixels=data_max_pixels)
+            first, second = sr1_demonstrations(sample)
+            first[0]["content"][1]["image"] = shown
+            texts += [processor.apply_chat_template(first, tokenize=False), processor.apply_chat_template(second, tokenize=False)]
+            images.append(shown)
+        for _ in range(batch_size if task == "zoom" else 0):
             sample = make_sample(rng, image_size)
             shown = fetch_image(sample.image, patch_size=patch, max_pixels=data_max_pixels)
             messages = demonstration(sample, tool, seen_size(processor, shown.size))

@@ -31,7 +31,7 @@ def test_trainer_steps_and_metrics(demo):
     assert len(train_rows) == 2
     for row in train_rows:  # loss, reward and our tool metrics were logged by verl's trainer
         for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "visionr3/tool_calls/mean",
-                    "visionr3/reward/acc/mean", "training/num_turns/mean", "timing_s/step"):
+                    "visionr3/reward/accuracy/mean", "training/num_turns/mean", "timing_s/step"):
             assert key in row, key
     assert all(len(summary[k]) == 2 for k in ("reward_mean", "tool_call_rate", "step_seconds"))
 

@@ -1,12 +1,13 @@
 """The HF-transformers rollout backend (``visionr3.platform.hf_rollout``) against verl 0.9.1's real machinery.
 
-One local Ray cluster and one *hybrid* replica serve the module, built the way verl's trainer builds it:
-``LLMServerManager.create(config, worker_group=...)`` with ``rollout.name=hf`` → ``HFReplica.init_hybrid`` →
-``launch_servers``. The worker group is a stand-in (:class:`FakeTrainerWorker`, one Ray actor with ``RANK=0``) for
-verl's ``ActorRolloutRefWorker``: its ``update_weights`` does what verl's does in ``naive`` mode — resume weights,
-push ``(name, tensor)`` pairs through the rollout adapter built by ``get_rollout_class("hf", "async")``, resume the
-KV cache — with a plain (non-FSDP) model, because an FSDP actor on CPU needs the whole trainer/platform stack (the
-CPU platform's job, not this module's); the adapter code path past the generator is the same.
+The session's shared Ray (``ray_cluster``, ``tests/conftest.py``) and one *hybrid* replica serve the module, built
+the way verl's trainer builds it: ``LLMServerManager.create(config, worker_group=...)`` with ``rollout.name=hf`` →
+``HFReplica.init_hybrid`` → ``launch_servers``. The worker group is a stand-in (:class:`FakeTrainerWorker`, one Ray
+actor with ``RANK=0``) for verl's ``ActorRolloutRefWorker``: its ``update_weights`` does what verl's does in
+``naive`` mode — resume weights, push ``(name, tensor)`` pairs through the rollout adapter built by
+``get_rollout_class("hf", "async")``, resume the KV cache — with a plain (non-FSDP) model, because an FSDP actor on
+CPU needs the whole trainer/platform stack (the CPU platform's job, not this module's); the adapter code path past
+the generator is the same.
 
 Generation is checked through the server actor directly, through verl's ``LLMServerClient`` (load balancer
 included), and through verl's real ``AgentLoopWorker`` with an image prompt. The tiny checkpoint is random, so
@@ -20,9 +21,7 @@ import asyncio
 import copy
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from types import SimpleNamespace
 
@@ -34,7 +33,6 @@ ray = pytest.importorskip("ray")
 
 PROMPT_LENGTH = 256
 RESPONSE_LENGTH = 24
-NAMESPACE = "visionr3-hf-rollout-test"
 
 # Ray pickles classes by reference to their module, and Ray workers cannot import this test module (pytest's
 # importlib mode gives it a name only this process knows): ship FakeTrainerWorker by value instead.
@@ -45,22 +43,6 @@ PERTURBED = "model.language_model.layers.0.mlp.down_proj.weight"
 # ---------------------------------------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray for this module (or the one already running). 4 logical CPUs on a 2-core box: every actor here
-    asks for num_cpus=0, the load balancer only for scheduling."""
-    temp_dir = None
-    started = False
-    if not ray.is_initialized():
-        temp_dir = tempfile.mkdtemp(prefix="vr3hf", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-        ray.init(num_cpus=4, include_dashboard=False, namespace=NAMESPACE, _temp_dir=temp_dir, log_to_driver=False)
-        started = True
-    yield
-    if started:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -470,6 +452,24 @@ def test_llm_server_client_path(manager, processor):
     assert len(out.token_ids) == 5 and len(out.log_probs) == 5
     steps = out.extra_fields["global_steps"]
     assert out.extra_fields["min_global_steps"] == out.extra_fields["max_global_steps"] == steps
+
+
+def test_hybrid_replica_also_serves_openai_chat_over_http(replica, server, processor):
+    """A VL policy server renders text chats with its processor's template; tokens equal ``generate``'s."""
+    import httpx
+
+    response = httpx.post(
+        f"http://{replica.server_address}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0, "ignore_eos": True},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    prompt = chat_prompt_ids(processor, "hi")
+    assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 4, "total_tokens": len(prompt) + 4}
+    token_ids = generate(server, prompt, max_tokens=4, temperature=0, ignore_eos=True).token_ids
+    assert body["choices"][0]["message"]["content"] == processor.tokenizer.decode(token_ids, skip_special_tokens=True)
+    assert body["choices"][0]["finish_reason"] == "length"
 
 
 def test_agent_loop_worker_with_image(config, manager):

@@ -18,14 +18,20 @@ with the ``agent_name`` column. What it adds to verl's loop, and why:
   trajectory with ``image_limit_action: terminate`` as VisionThink does).
 - **Per-trajectory metrics** in ``extra_fields`` (verl forwards every key to the reward function's ``extra_info``):
   ``tool_calls``, ``valid_tool_calls``, ``invalid_tool_calls``, ``tool_errors``, ``num_images``, ``tool_images``,
-  ``image_tokens``, ``crop_boxes``, ``image_limit_hits``. (``AgentLoopOutput.metrics`` keeps only verl's own timing
-  fields, so nothing of ours goes there.)
+  ``image_tokens``, ``crop_boxes``, ``image_limit_hits``, and ``assistant_turns`` (the decoded text of each run of
+  trained tokens, so per-turn format rewards need not re-split a response whose tool turns were decoded as text).
+  (``AgentLoopOutput.metrics`` keeps only verl's own timing fields, so nothing of ours goes there.)
+- **Vision-SR1's self-reward pass** (``self_reward``): after the trajectory, the same policy, through the same
+  rollout server, answers the question from its own ``<description>`` alone, without the image. The answer goes to
+  ``extra_fields`` (``self_answer``, ``self_reward_status``) for the reward function; its tokens are never part of
+  the trajectory, so they are never trained on. See :class:`SelfRewardConfig`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from uuid import uuid4
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,12 +45,87 @@ from verl.tools.schemas import ToolResponse
 from visionr3.agent import parsers  # noqa: F401  (registers visionr3_hermes and bbox_json with verl's ToolParser)
 from visionr3.agent.parsers import MALFORMED_CALL
 from visionr3.processing import image_items, seen_size
+from visionr3.reward.extract import description as extract_description
 from visionr3.tools.geometry import downsampled_size
 
 logger = logging.getLogger(__name__)
 
 # VLM-R3's stop strings: generation pauses right after a box (or a final answer).
 VLM_R3_STOP = ["]}", "]\n}", "] }", "</answer>"]
+
+
+SELF_REWARD_PROMPT = (
+    "Text description: {description}\nQuestion: {question}\nYou are provided a text description of a problem and a "
+    "question. Determine the answer to the question based on the text description. First provide an internal "
+    "step-by-step reasoning within <think> </think> tags, then provide a single word or phrase answer in \\boxed{{}}."
+)
+"""Vision-SR1's ``ABS_Verify_Prompt`` (papers.md §3.1), verbatim."""
+
+LEAK_MARKERS = ("\\boxed", "<answer>")
+"""A description containing these would hand its own answer to the text-only pass (the released code's leak)."""
+
+
+@dataclass(frozen=True)
+class SelfRewardConfig:
+    """``self_reward`` of an agent-loop entry: Vision-SR1's second pass.
+
+    ``temperature``/``top_p``/``max_tokens`` are its sampling (the paper: 1.0 / 0.99 / 2048); in validation (greedy
+    main pass) it is greedy too. ``prompt`` has ``{description}`` and ``{question}`` fields.
+    """
+
+    enable: bool = False
+    temperature: float = 1.0
+    top_p: float = 0.99
+    max_tokens: int = 2048
+    prompt: str = SELF_REWARD_PROMPT
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "SelfRewardConfig":
+        raw = dict(_plain(raw) or {})
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"visionr3_agent: unknown self_reward keys {sorted(unknown)}")
+        return cls(**raw)
+
+
+def description_status(text: str | None) -> str:
+    """``answered`` (usable), ``no_description``, ``empty_description`` or ``leaky_description``."""
+    if text is None:
+        return "no_description"
+    if not text.strip():
+        return "empty_description"
+    if any(marker in text for marker in LEAK_MARKERS):
+        return "leaky_description"
+    return "answered"
+
+
+def question_text(extra_info: dict | None, raw_prompt: list[dict]) -> str:
+    """The question for the text-only pass: ``extra_info.question``, else the last user turn's text without images."""
+    question = (extra_info or {}).get("question")
+    if question:
+        return str(question)
+    for message in reversed(raw_prompt):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content.replace("<image>", "").strip()
+        return " ".join(str(item.get("text", "")) for item in content if item.get("type") == "text").strip()
+    return ""
+
+
+def mask_runs(response_mask: list[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` spans of consecutive 1s: the assistant's own tokens, one span per generated segment."""
+    runs, start = [], None
+    for i, bit in enumerate(response_mask):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            runs.append((start, i))
+            start = None
+    if start is not None:
+        runs.append((start, len(response_mask)))
+    return runs
 
 
 @dataclass
@@ -94,7 +175,8 @@ class VisionAgentLoop(ToolAgentLoop):
     - ``low_res_factor``: VisionThink's first view, e.g. 0.5 per side (default: none);
     - ``stop``: extra stop strings (default for ``bbox_json``: VLM-R3's);
     - ``render_tool_schemas``: put the tools block in the system prompt (default true; VLM-R3 prompts describe the
-      box format in the user turn instead).
+      box format in the user turn instead);
+    - ``self_reward``: Vision-SR1's text-only second pass (:class:`SelfRewardConfig`; off by default).
     """
 
     def __init__(
@@ -107,6 +189,7 @@ class VisionAgentLoop(ToolAgentLoop):
         low_res_factor: float | None = None,
         stop: list[str] | None = None,
         render_tool_schemas: bool = True,
+        self_reward: Any = None,
         **kwargs,
     ):
         kwargs.pop("name", None)  # verl passes the YAML entry's name too
@@ -125,6 +208,7 @@ class VisionAgentLoop(ToolAgentLoop):
         self.stop = list(stop) if stop else (list(VLM_R3_STOP) if self.inline_observations else [])
         if not render_tool_schemas:
             self.tool_schemas = []
+        self.self_reward = SelfRewardConfig.from_dict(self_reward)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self._stats = TrajectoryStats()
         self._sources: list[Any] = []
@@ -140,15 +224,54 @@ class VisionAgentLoop(ToolAgentLoop):
         output = await super().run(sampling_params, **kwargs)
         images = output.multi_modal_data.get("images") or []
         stats = asdict(self._stats)
+        turns = await self.loop.run_in_executor(None, self._assistant_turns, output.response_ids, output.response_mask)
         output.extra_fields.update(
             {
                 **stats,
                 "num_images": len(images),
                 "tool_images": max(0, len(images) - len(self._sources)),
                 "image_tokens": (output.prompt_ids + output.response_ids).count(self.image_token_id),
+                "assistant_turns": turns,
             }
         )
+        if self.self_reward.enable:
+            question = question_text(kwargs.get("extra_info"), list(kwargs["raw_prompt"]))
+            output.extra_fields.update(await self._self_reward_pass("".join(turns), question, sampling_params))
         return output
+
+    def _assistant_turns(self, response_ids: list[int], response_mask: list[int]) -> list[str]:
+        return [
+            self.tokenizer.decode(response_ids[start:end], skip_special_tokens=True)
+            for start, end in mask_runs(list(response_mask))
+        ]
+
+    async def _self_reward_pass(self, response_text: str, question: str, sampling_params: dict[str, Any]) -> dict:
+        """Vision-SR1: answer from the description alone, text only, same server, nothing trained on."""
+        description = extract_description(response_text)
+        status = description_status(description)
+        fields: dict[str, Any] = {"self_reward_status": status, "self_answer": None, "self_answer_tokens": 0}
+        if status != "answered":
+            return fields
+        config = self.self_reward
+        prompt = config.prompt.format(description=description, question=question)
+        greedy = float(sampling_params.get("temperature", 1.0) or 0.0) < 1e-5
+        params = {
+            **sampling_params,
+            "temperature": 0.0 if greedy else config.temperature,
+            "top_p": 1.0 if greedy else config.top_p,
+            "max_tokens": config.max_tokens,
+            "logprobs": False,
+        }
+        try:
+            prompt_ids = await self.ct_build_initial_tokens([{"role": "user", "content": prompt}])
+            result = await self.server_manager.generate(
+                request_id=uuid4().hex, prompt_ids=prompt_ids, sampling_params=params, image_data=None
+            )
+        except Exception as exc:  # a failed second pass costs this sample its visual reward, not the step
+            logger.warning("self-reward pass failed: %s", exc)
+            return {**fields, "self_reward_status": "failed"}
+        answer = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        return {**fields, "self_answer": answer, "self_answer_tokens": len(result.token_ids)}
 
     async def process_multi_modal_info(self, messages: list[dict]) -> dict:
         data = await super().process_multi_modal_info(messages)

@@ -19,6 +19,18 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
 QUESTION = "What colour is the small square? Zoom in if you need to, then answer with one word inside <answer></answer>."
 DATA_SOURCE = "visionr3/synthetic_marks"
+SR1_QUESTION = "What colour is the small square?"
+SR1_FORMAT = (
+    " You are tasked with analyzing an image/video to generate a detailed description to help you answer the question. "
+    "First analyze the image/video and produce a self-contained description\u2014detailed enough that can lead to the "
+    "correct answer. Wrap the entire description in <description> </description> tags.\\n Next, engage in an internal "
+    "dialogue and include self-reflection or verification in your reasoning process. Provide your detailed, "
+    "step-by-step reasoning based on the image/video description information and image/video, and enclose this part "
+    "within <think> </think> tags.\\n Finally, provide a single word or phrase answer to the question in \\boxed{}."
+    "\\nThe output format should be: <description> image/video description here </description> <think> reasoning "
+    "process here </think> \\boxed{FINAL ANSWER here}."
+)
+"""Vision-SR1's ``see_think_format.jinja`` suffix (papers.md §3.1; its ``\\n`` are literal backslash-n, as there)."""
 
 
 class VisionRow(TypedDict):
@@ -55,23 +67,32 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def make_row(sample: MarkSample, index: int, agent_name: str = "visionr3_agent") -> VisionRow:
+TASKS = ("zoom", "sr1")
+"""``zoom``: answer in ``<answer>`` after zooming in (``visionr3_agent``); ``sr1``: Vision-SR1's
+description/think/``\\boxed{}`` format with the text-only self-reward pass (``visionr3_vision_sr1``)."""
+
+
+def make_row(sample: MarkSample, index: int, agent_name: str | None = None, task: str = "zoom") -> VisionRow:
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; expected one of {TASKS}")
+    question = QUESTION if task == "zoom" else SR1_QUESTION
+    prompt = "<image>" + QUESTION if task == "zoom" else SR1_QUESTION + "<image>" + SR1_FORMAT
     return VisionRow(
         data_source=DATA_SOURCE,
-        agent_name=agent_name,
-        prompt=[{"role": "user", "content": "<image>" + QUESTION}],
+        agent_name=agent_name or ("visionr3_agent" if task == "zoom" else "visionr3_vision_sr1"),
+        prompt=[{"role": "user", "content": prompt}],
         images=[{"bytes": png_bytes(sample.image), "path": None}],
         reward_model={"style": "rule", "ground_truth": sample.colour},
-        extra_info={"index": index, "question": QUESTION, "box": list(sample.box)},
+        extra_info={"index": index, "question": question, "box": list(sample.box)},
     )
 
 
-def write_parquet(path: str | Path, count: int, seed: int, size: tuple[int, int] = (448, 448)) -> Path:
-    """Write ``count`` rows to ``path`` (parquet); returns the path."""
+def write_parquet(path: str | Path, count: int, seed: int, size: tuple[int, int] = (448, 448), task: str = "zoom") -> Path:
+    """Write ``count`` rows of ``task`` to ``path`` (parquet); returns the path."""
     import pandas as pd
 
     rng = random.Random(seed)
-    rows = [make_row(make_sample(rng, size), index=i) for i in range(count)]
+    rows = [make_row(make_sample(rng, size), index=i, task=task) for i in range(count)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path)

@@ -12,16 +12,21 @@ verl's old ``hf_rollout.HFRollout`` (sync ``generate_sequences``) is not wired i
 provides the three parts under the name ``"hf"``:
 
 * :class:`HFReplica` (``RolloutReplicaRegistry.register("hf", ...)``) — creates one :class:`HFServer` Ray actor per
-  replica, named ``hf_server_{replica_rank}_0{suffix}`` (vLLM's scheme: ``vllm_server_{replica_rank}_{node_rank}``),
-  with ``max_concurrency=self.max_concurrency`` and ``num_cpus=0`` (``engine_kwargs.hf.num_cpus``): a server that
-  reserved a whole CPU would starve a 2-core Ray. Hybrid (``init_hybrid(worker_group)``, what verl's trainer does)
-  places it on the node of the replica's trainer workers (``NodeAffinitySchedulingStrategy``) and hands it their
-  accelerator ids, like vLLM; standalone (``init_standalone()``) just starts the actor — verl's base version would
-  build a GPU resource pool and ``CheckpointEngineWorker`` group first, which neither a CPU nor this server needs.
-  ``server_address`` is ``"<node ip>:<port>"`` with the port *reserved* by a socket the server keeps open, so it is
-  unique per live replica (the load balancer keys its dict by it). **No HTTP endpoint is served there**: verl's
-  agent loop is token-in/token-out through the actor handle; only an OpenAI-style consumer (e.g. a GenRM judge
-  POSTing to ``/v1/chat/completions``) would need one, and that is not provided.
+  replica, named ``hf_server_{replica_rank}_0{suffix}`` (vLLM's scheme: ``vllm_server_{replica_rank}_{node_rank}``;
+  ``hf_server_reward_...`` for a reward model), with ``max_concurrency=self.max_concurrency`` and ``num_cpus=0``
+  (``engine_kwargs.hf.num_cpus``): a server that reserved a whole CPU would starve a 2-core Ray. Hybrid
+  (``init_hybrid(worker_group)``, what verl's trainer does) places it on the node of the replica's trainer workers
+  (``NodeAffinitySchedulingStrategy``) and hands it their accelerator ids, like vLLM. Standalone
+  (``init_standalone()``) and colocated (``init_colocated(resource_pool)``, how verl's ``RewardModelManager`` starts
+  a GenRM judge) just start the actor — colocated pins it, with zero resources, to the first bundle of its slice of
+  the pool. verl's base versions would first build a ``CheckpointEngineWorker`` group (and, standalone, a GPU
+  resource pool) to receive weight updates and hold the GPUs; a judge's weights never change and this server is one
+  process, so neither a CPU nor this server needs them (see :meth:`HFReplica.init_colocated`). ``server_address`` is
+  ``"<node ip>:<port>"``, unique per live replica (the load balancer keys its dict by it), where the server answers
+  **OpenAI-compatible HTTP**: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``
+  (:func:`openai_app`). verl's agent loop does not use it (it is token-in/token-out through the actor handle);
+  verl's GenRM path does: ``RewardModelManager`` puts its naive router in front of the replicas' addresses and the
+  custom reward function POSTs chat requests to ``http://{reward_router_address}/v1/chat/completions``.
 * :class:`HFServer` (the Ray actor) — loads the checkpoint with transformers (``AutoModelForImageTextToText`` when
   the config has a ``vision_config``, else ``AutoModelForCausalLM``; ``attn_implementation="sdpa"``; the processor
   via :func:`visionr3.processing.load_processor`, which also works without torchvision) and serves
@@ -29,7 +34,13 @@ provides the three parts under the name ``"hf"``:
   client calls. Model calls are serialized by an ``asyncio.Lock`` and run in a thread, so control calls (sleep,
   abort, weight loads queued behind the lock) never wait on a blocked event loop; there is no cross-request
   batching (one request at a time is what a CPU can do anyway). Details of each sampling parameter are in
-  :meth:`HFServer.generate`.
+  :meth:`HFServer.generate`. The HTTP endpoint (:meth:`HFServer.start_http_server`) is uvicorn bound to the port the
+  actor reserved at start, running as a task on the actor's own event loop; a chat request is validated
+  (:func:`chat_request`; text only — image parts are refused), rendered with the checkpoint's chat template
+  (``chat_template_kwargs`` such as ``{"enable_thinking": false}`` are template variables), and then takes exactly
+  ``generate``'s path (:meth:`HFServer._serve`). The reply is vLLM's: text decoded without special tokens, cut at a
+  stop string, ``finish_reason`` ``"stop"``/``"length"``, ``usage``; the served model name is the local model path
+  (vLLM's default), though any ``model`` string is accepted. Client errors are HTTP 400 with a message.
 * :class:`HFServerAdapter` (``_ROLLOUT_REGISTRY[("hf", "async")]``) — built in every trainer worker. It finds the
   server like vLLM's ``ServerAdapter`` does (``replica_rank = RANK // rollout_world_size``, only
   ``rollout_rank == 0`` talks to ``ray.get_actor("hf_server_{replica_rank}_0")``). ``update_weights`` *drains the
@@ -44,8 +55,9 @@ provides the three parts under the name ``"hf"``:
 
 Weights are loaded from the checkpoint at start whatever ``rollout.load_format`` says (``dummy`` only saves vLLM
 the disk read; the first hybrid sync overwrites them anyway). ``sleep``/``wake_up`` move the model off/onto a CUDA
-device in hybrid mode with ``free_cache_engine`` (so FSDP can use the memory while training); on CPU, in standalone
-mode, and for the KV-cache calls there is nothing to free (no cache outlives a request), so they are no-ops.
+device in hybrid and colocated mode with ``free_cache_engine`` (so FSDP can use the memory while training); on CPU,
+in standalone mode, and for the KV-cache calls there is nothing to free (no cache outlives a request), so they are
+no-ops.
 
 Engine options (``actor_rollout_ref.rollout.engine_kwargs.hf``, all optional): ``device`` (``"auto"``: CUDA when
 available, else CPU), ``dtype`` (default: ``rollout.dtype`` on an accelerator, ``float32`` on CPU — the CPU actor
@@ -59,6 +71,19 @@ Registration: importing this module registers ``"hf"`` in both registries (:func
 happen in the TaskRunner/driver (replica) *and* every trainer worker (adapter), i.e. through the visionr3 verl
 plug-in. Trainer config: ``actor_rollout_ref.rollout.name=hf`` (``mode=async``, the default) and
 ``actor_rollout_ref.rollout.tensor_model_parallel_size=1`` (verl's default 2 asks for two trainer ranks per replica).
+
+A local LLM judge (verl's GenRM) on CPU::
+
+    reward.reward_model.enable=True reward.reward_model.model_path=<judge checkpoint>
+    reward.reward_model.rollout.name=hf reward.reward_model.rollout.tensor_model_parallel_size=1
+    reward.reward_model.rollout.response_length=<judge token budget when a request names none>
+    reward.custom_reward_function.path=<file or pkg:// module> reward.custom_reward_function.name=<async function>
+    # its own pool (scores stream during rollout), else it shares the trainer's global_pool:
+    reward.reward_model.enable_resource_pool=True reward.reward_model.n_gpus_per_node=1 reward.reward_model.nnodes=1
+
+verl starts one judge replica per ``tensor_model_parallel_size`` devices of the pool (each a full model copy), so
+on CPU keep the pool small or raise ``tensor_model_parallel_size`` to the pool's size for a single judge; a pool's
+devices are logical Ray GPUs there (``ray_kwargs.ray_init.num_gpus``, see :mod:`visionr3.platform.cpu`).
 """
 
 from __future__ import annotations
@@ -70,7 +95,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -138,6 +164,17 @@ def _engine_options(config: Any) -> dict:
     return dict(options)
 
 
+def _first_bundle(resource_pool: Any) -> tuple[Any, int]:
+    """``(placement group, bundle index)`` of the first bundle of a verl ``RayResourcePool`` (or of its
+    ``SubRayResourcePool`` slice), indexed as ``RayWorkerGroup`` does: global rank → ``pgs[rank // per node]``."""
+    from verl.utils.device import get_device_name
+
+    placement_groups = resource_pool.get_placement_groups(device_name=get_device_name())
+    start = int(getattr(resource_pool, "start_bundle_index", 0))
+    per_node = int(resource_pool.store[0])
+    return placement_groups[start // per_node], start % per_node
+
+
 def _worker_placement(_actor_self) -> tuple[str, list[str]]:
     """Runs inside a trainer worker (via ``__ray_call__``): its node id and accelerator ids."""
     context = ray.get_runtime_context()
@@ -149,6 +186,271 @@ def _worker_placement(_actor_self) -> tuple[str, list[str]]:
         resource = "GPU"
     ids = context.get_accelerator_ids().get(resource, []) or []
     return context.get_node_id(), [str(i) for i in ids]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# OpenAI chat API (text only): request parsing and the FastAPI app in front of HFServer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class OpenAIRequestError(ValueError):
+    """Something wrong with an OpenAI request: answered with HTTP 400 and this message (``param``: the field)."""
+
+    def __init__(self, message: str, param: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated ``POST /v1/chat/completions`` body, split into what the template and the sampler need."""
+
+    messages: tuple[dict, ...]
+    """Every message with its ``content`` flattened to one string (text parts joined by newlines)."""
+    sampling_params: Mapping[str, Any]
+    """In :meth:`HFServer.generate`'s vocabulary (``max_tokens``, ``temperature``, ``stop``, ``seed``, ...)."""
+    chat_template_kwargs: Mapping[str, Any]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    include_stop_str_in_output: bool = False
+    model: Optional[str] = None
+    ignored_fields: tuple[str, ...] = ()
+
+
+# Fields the endpoint takes and passes on as sampling parameters, with their JSON type and the check they must pass.
+_CHAT_SAMPLING_FIELDS: dict[str, tuple[type, Any, str]] = {
+    "temperature": (float, lambda v: v >= 0, "must be >= 0"),
+    "top_p": (float, lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "top_k": (int, lambda v: v >= -1, "must be -1 (off), 0 (off) or a positive integer"),
+    "min_p": (float, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "repetition_penalty": (float, lambda v: v > 0, "must be > 0"),
+    "presence_penalty": (float, None, ""),
+    "frequency_penalty": (float, None, ""),
+    "min_tokens": (int, lambda v: v >= 0, "must be >= 0"),
+    "seed": (int, None, ""),
+    "n": (int, lambda v: v >= 1, "must be >= 1"),
+    "ignore_eos": (bool, None, ""),
+    "skip_special_tokens": (bool, None, ""),
+    "logprobs": (bool, None, ""),
+}
+# Accepted and meaningless for a single-tenant, non-streaming server.
+_CHAT_IGNORED_SILENTLY = frozenset(
+    {"model", "messages", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls",
+     "tool_choice", "request_id", "priority", "prompt_cache_key", "safety_identifier"}
+)
+_CHAT_TEMPLATE_RESERVED = frozenset(
+    {"conversation", "messages", "tokenize", "return_dict", "return_tensors", "padding", "truncation", "max_length",
+     "tokenizer_kwargs", "return_assistant_tokens_mask", "chat_template", "tools", "documents", "processor_kwargs",
+     "add_generation_prompt", "continue_final_message"}
+)
+
+
+def _typed(body: Mapping, key: str, kind: type) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        expected = "a number" if kind is float else kind.__name__
+        raise OpenAIRequestError(f"{key!r} must be {expected}, got {value!r}", key)
+    return kind(value)
+
+
+def _message_text(content: Any, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise OpenAIRequestError(f"{where}.content must be a string or a list of content parts, got {content!r}")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind in ("text", "input_text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind is None or kind in ("text", "input_text"):
+            raise OpenAIRequestError(f"{where}.content[{j}] must be {{'type': 'text', 'text': str}}, got {part!r}")
+        else:
+            raise OpenAIRequestError(
+                f"{where}.content[{j}] is a {kind!r} part, but the hf server's OpenAI endpoint is text-only; images "
+                "reach an hf rollout server through the token-in/token-out generate() path (image_data=...)"
+            )
+    return "\n".join(texts)
+
+
+def chat_request(body: Any) -> ChatRequest:
+    """Validate an OpenAI chat-completion body (``POST /v1/chat/completions``) → :class:`ChatRequest`.
+
+    Taken: ``messages`` (text content only), ``model`` (any string: one model is served), ``max_tokens`` /
+    ``max_completion_tokens`` (the latter wins; absent: the rollout config's budget, as in :meth:`HFServer.generate`),
+    ``temperature``, ``top_p``, ``seed``, ``stop`` (string or list), ``n`` (1), ``logprobs`` (no ``top_logprobs``),
+    ``presence_penalty``/``frequency_penalty`` (0), and vLLM's extensions ``top_k``, ``min_p``,
+    ``repetition_penalty``, ``min_tokens``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``,
+    ``include_stop_str_in_output``, ``chat_template_kwargs`` (template variables, e.g. ``{"enable_thinking": false}``;
+    a template that does not use one ignores it), ``add_generation_prompt`` (True), ``continue_final_message``.
+    Refused with :class:`OpenAIRequestError`: ``stream``, ``tools``, ``logit_bias``, a non-text ``response_format``,
+    a per-request ``chat_template``, and malformed values. Other fields are ignored (listed in ``ignored_fields``).
+    """
+    if not isinstance(body, Mapping):
+        raise OpenAIRequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise OpenAIRequestError("'messages' must be a non-empty list of {'role', 'content'} objects", "messages")
+    flat = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise OpenAIRequestError(
+                f"messages[{i}] must be an object with a string 'role', got {message!r}", "messages"
+            )
+        flat.append({**message, "content": _message_text(message.get("content"), f"messages[{i}]")})
+
+    if body.get("stream"):
+        raise OpenAIRequestError("streaming is not supported by the hf server; send stream=false", "stream")
+    if body.get("tools"):
+        raise OpenAIRequestError("tool calling is not supported by the hf server's OpenAI endpoint", "tools")
+    if body.get("logit_bias"):
+        raise OpenAIRequestError("logit_bias is not supported by the hf server", "logit_bias")
+    if body.get("chat_template") is not None:
+        raise OpenAIRequestError(
+            "a per-request chat_template is not supported; the checkpoint's is used", "chat_template"
+        )
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, Mapping) or response_format.get("type") != "text"
+    ):
+        raise OpenAIRequestError("only response_format {'type': 'text'} is supported", "response_format")
+    top_logprobs = _typed(body, "top_logprobs", int)
+    if top_logprobs:
+        raise OpenAIRequestError(
+            "top_logprobs > 0 is not supported (logprobs=true gives the sampled tokens' log-probabilities)",
+            "top_logprobs",
+        )
+
+    params: dict[str, Any] = {}
+    for key, (kind, check, requirement) in _CHAT_SAMPLING_FIELDS.items():
+        value = _typed(body, key, kind)
+        if value is None:
+            continue
+        if check is not None and not check(value):
+            raise OpenAIRequestError(f"{key!r} {requirement}, got {value!r}", key)
+        params[key] = value
+    max_tokens = _typed(body, "max_completion_tokens", int)
+    if max_tokens is None:
+        max_tokens = _typed(body, "max_tokens", int)
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise OpenAIRequestError(f"'max_tokens' must be >= 1, got {max_tokens}", "max_tokens")
+        params["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise OpenAIRequestError(f"'stop' must be a string or a list of strings, got {stop!r}", "stop")
+        params["stop"] = [s for s in stop if s]
+    stop_token_ids = body.get("stop_token_ids")
+    if stop_token_ids is not None:
+        if not isinstance(stop_token_ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in stop_token_ids
+        ):
+            raise OpenAIRequestError(
+                f"'stop_token_ids' must be a list of integers, got {stop_token_ids!r}", "stop_token_ids"
+            )
+        params["stop_token_ids"] = stop_token_ids
+
+    template_kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(template_kwargs, Mapping) or not all(isinstance(k, str) for k in template_kwargs):
+        raise OpenAIRequestError(
+            f"'chat_template_kwargs' must be an object, got {template_kwargs!r}", "chat_template_kwargs"
+        )
+    reserved = sorted(_CHAT_TEMPLATE_RESERVED & set(template_kwargs))
+    if reserved:
+        raise OpenAIRequestError(f"chat_template_kwargs may not set {reserved}", "chat_template_kwargs")
+    add_generation_prompt = _typed(body, "add_generation_prompt", bool)
+    continue_final_message = bool(_typed(body, "continue_final_message", bool))
+    if continue_final_message and add_generation_prompt:
+        raise OpenAIRequestError("continue_final_message and add_generation_prompt cannot both be true")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise OpenAIRequestError(f"'model' must be a string, got {model!r}", "model")
+
+    handled = set(_CHAT_SAMPLING_FIELDS) | _CHAT_IGNORED_SILENTLY | {
+        "max_tokens", "max_completion_tokens", "stop", "stop_token_ids", "chat_template_kwargs", "stream", "tools",
+        "logit_bias", "chat_template", "response_format", "top_logprobs", "add_generation_prompt",
+        "continue_final_message", "include_stop_str_in_output",
+    }
+    return ChatRequest(
+        messages=tuple(flat),
+        sampling_params=params,
+        chat_template_kwargs=dict(template_kwargs),
+        add_generation_prompt=not continue_final_message if add_generation_prompt is None else add_generation_prompt,
+        continue_final_message=continue_final_message,
+        include_stop_str_in_output=bool(_typed(body, "include_stop_str_in_output", bool)),
+        model=model,
+        ignored_fields=tuple(sorted(k for k in body if k not in handled)),
+    )
+
+
+def truncate_at_stop(text: str, stop: Sequence[str], include: bool = False) -> tuple[str, Optional[str]]:
+    """``(text cut at the earliest stop string, that string)``, or ``(text, None)``; ``include`` keeps the stop
+    string (vLLM's ``include_stop_str_in_output``)."""
+    found = [(text.find(s), -len(s), s) for s in stop if s and s in text]
+    if not found:
+        return text, None
+    index, _, matched = min(found)
+    return text[: index + len(matched) if include else index], matched
+
+
+def _openai_error(status: int, message: str, param: Optional[str] = None):
+    from fastapi.responses import JSONResponse
+
+    kind = "BadRequestError" if status == 400 else "InternalServerError"
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": status}}
+    )
+
+
+def openai_app(server: "HFServer"):
+    """FastAPI app of an :class:`HFServer`: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
+
+    Client errors are 400s with vLLM's error body (``{"error": {"message", "type", "param", "code"}}``), which the
+    ``openai`` SDK raises as ``BadRequestError``; an unexpected failure is a 500 with its message. Neither reaches the
+    actor: the next request is served as usual.
+    """
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    # Plain Starlette endpoints (``request`` passed positionally): FastAPI's parameter injection would have to
+    # resolve the postponed annotations of this module (``from __future__ import annotations``).
+    async def health(request) -> JSONResponse:
+        return JSONResponse({})
+
+    async def models(request) -> JSONResponse:
+        return JSONResponse(server.list_models())
+
+    async def chat_completions(request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except Exception as exc:
+            return _openai_error(400, f"the request body is not valid JSON: {exc}")
+        try:
+            return JSONResponse(await server.chat_completions(body))
+        except OpenAIRequestError as exc:
+            return _openai_error(400, str(exc), exc.param)
+        except Exception as exc:
+            logger.exception("hf server: chat completion failed")
+            return _openai_error(500, f"{type(exc).__name__}: {exc}")
+
+    app = FastAPI(title="visionr3 hf rollout server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.add_route("/health", health, methods=["GET"])
+    app.router.add_route("/v1/models", models, methods=["GET"])
+    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    return app
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,6 +528,7 @@ class HFServer:
             torch.set_num_threads(int(num_threads))
 
         self._load_model(model_config)
+        self._created = int(time.time())
 
         # Request bookkeeping (all touched only on the actor's event loop, except _abort_epoch/_aborted_ids which the
         # generation thread reads).
@@ -245,11 +548,14 @@ class HFServer:
         seed = int(_get(config, "seed", 0) or 0) + int(replica_rank)
         torch.manual_seed(seed)  # vLLM seeds its engine with replica_rank + rollout.seed too
 
-        # A reserved port makes "host:port" unique per live replica; nothing listens on it.
+        # The port is reserved now (a bound socket kept open, so "host:port" is unique per live replica) and served
+        # by start_http_server(), which must run on the event loop that will keep serving it.
         from verl.utils.net_utils import get_free_port
 
         self._host = ray.util.get_node_ip_address().strip("[]")
         self._port, self._port_sock = get_free_port(self._host, with_alive_sock=True)
+        self._http_server = None
+        self._http_task: Optional[asyncio.Task] = None
 
     # -- loading -------------------------------------------------------------------------------------------------------
 
@@ -380,8 +686,161 @@ class HFServer:
         }
 
     async def get_server_address(self) -> tuple[str, int]:
-        """``(host, port)``: the port is reserved, not served (see the module docstring)."""
+        """``(host, port)`` of the OpenAI endpoint (served once :meth:`start_http_server` has run)."""
         return self._host, self._port
+
+    # -- OpenAI-compatible HTTP ----------------------------------------------------------------------------------------
+
+    @property
+    def served_model_name(self) -> str:
+        """The name ``/v1/models`` lists: the local model path, vLLM's default (``--served-model-name`` unset)."""
+        return self.model_path
+
+    async def start_http_server(self) -> tuple[str, int]:
+        """Serve the OpenAI API (:func:`openai_app`) on the reserved port; idempotent; returns ``(host, port)``.
+
+        uvicorn runs as a task of *the calling event loop* — in the Ray actor, the actor's own loop, which keeps
+        running between calls — bound to the socket reserved in ``__init__`` (no second bind, no port race).
+        """
+        if self._http_task is None:
+            import uvicorn
+
+            config = uvicorn.Config(
+                openai_app(self), log_config=None, log_level="warning", access_log=False, lifespan="off"
+            )
+            self._http_server = uvicorn.Server(config)
+            self._http_task = asyncio.get_running_loop().create_task(
+                self._http_server.serve(sockets=[self._port_sock])
+            )
+        while not self._http_server.started:
+            if self._http_task.done():
+                error = None if self._http_task.cancelled() else self._http_task.exception()
+                raise RuntimeError(f"the hf server's HTTP endpoint on port {self._port} did not start") from error
+            await asyncio.sleep(0.01)
+        return self._host, self._port
+
+    async def stop_http_server(self) -> None:
+        """Stop serving HTTP (the port is released); the actor's token-in/token-out interface keeps working."""
+        if self._http_task is not None:
+            self._http_server.should_exit = True
+            await asyncio.wait_for(self._http_task, timeout=10)
+            self._http_task = None
+
+    def list_models(self) -> dict:
+        """The body of ``GET /v1/models``."""
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.served_model_name,
+                    "object": "model",
+                    "created": self._created,
+                    "owned_by": "visionr3",
+                    "root": self.model_path,
+                    "max_model_len": self.max_model_len,
+                }
+            ],
+        }
+
+    async def chat_completions(self, body: Any) -> dict:
+        """One OpenAI chat completion (the JSON body of ``POST /v1/chat/completions``) → the response body.
+
+        Raises :class:`OpenAIRequestError` (HTTP 400) for anything wrong with the request — including what
+        :meth:`_resolve_request` refuses (``n > 1``, penalties, a prompt longer than the context); generation itself
+        is :meth:`generate`'s path (admission, model lock, worker thread). See :func:`chat_request` for the fields.
+        """
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            chat = chat_request(body)
+            for key in chat.ignored_fields:
+                self._warn_once(f"openai:{key}", f"hf server's OpenAI endpoint ignores request field {key!r}")
+            prompt_ids = await asyncio.to_thread(self._render_chat, chat)
+            if self._count_placeholders(prompt_ids):
+                raise OpenAIRequestError(
+                    "the rendered messages contain image/video placeholder tokens, but the OpenAI endpoint of the hf "
+                    "server is text-only"
+                )
+            request = self._resolve_request(request_id, prompt_ids, dict(chat.sampling_params))
+        except OpenAIRequestError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:  # template errors, _resolve_request's refusals
+            raise OpenAIRequestError(f"{type(exc).__name__}: {exc}") from exc
+        out = await self._serve(request)
+        return self._chat_response(chat, request, out)
+
+    def _render_chat(self, chat: ChatRequest) -> list[int]:
+        """Messages → prompt ids: the checkpoint's chat template (processor's for a VL model), then the tokenizer
+        without special tokens added (the template already wrote them) — what vLLM's chat endpoint does."""
+        renderer = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        if not getattr(renderer, "chat_template", None):
+            raise OpenAIRequestError(f"{self.model_path} has no chat template; the chat endpoint needs one")
+        try:
+            text = renderer.apply_chat_template(
+                list(chat.messages),
+                tokenize=False,
+                add_generation_prompt=chat.add_generation_prompt,
+                continue_final_message=chat.continue_final_message,
+                **chat.chat_template_kwargs,
+            )
+        except Exception as exc:  # jinja's TemplateError (e.g. raise_exception in the template) and friends
+            raise OpenAIRequestError(f"the chat template rejected the messages: {type(exc).__name__}: {exc}") from exc
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _chat_response(self, chat: ChatRequest, request: _Request, out: TokenOutput) -> dict:
+        """OpenAI's ``chat.completion`` object for one finished request, with vLLM's text and finish semantics."""
+        token_ids = list(out.token_ids)
+        stop_ids = set(request.stop_token_ids) | (set() if request.ignore_eos else set(self.eos_token_ids))
+        text_ids = token_ids
+        finish_reason, stop_reason = None, None
+        if out.stop_reason == "aborted":
+            finish_reason = "abort"
+        elif token_ids and token_ids[-1] in stop_ids:  # EOS / stop_token_ids: the token is not part of the text
+            text_ids = token_ids[:-1]
+            finish_reason = "stop"
+            stop_reason = token_ids[-1] if token_ids[-1] in request.stop_token_ids else None
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=request.skip_special_tokens)
+        if finish_reason != "abort":
+            text, matched = truncate_at_stop(text, request.stop, chat.include_stop_str_in_output)
+            if matched is not None:
+                finish_reason, stop_reason = "stop", matched
+            elif finish_reason is None:
+                finish_reason = "length" if len(token_ids) >= request.max_tokens else "stop"
+        logprobs = None
+        if request.want_logprobs and out.log_probs is not None:
+            logprobs = {
+                "content": [
+                    {
+                        "token": piece,
+                        "logprob": value,
+                        "bytes": list(piece.encode("utf-8")),
+                        "top_logprobs": [],
+                    }
+                    for piece, value in (
+                        (self.tokenizer.decode([t], skip_special_tokens=False), lp)
+                        for t, lp in zip(token_ids, out.log_probs)
+                    )
+                ]
+            }
+        return {
+            "id": request.request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": chat.model or self.served_model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason,
+                    "stop_reason": stop_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(request.prompt_ids),
+                "completion_tokens": len(token_ids),
+                "total_tokens": len(request.prompt_ids) + len(token_ids),
+            },
+        }
 
     # -- generation ----------------------------------------------------------------------------------------------------
 
@@ -437,7 +896,14 @@ class HFServer:
             raise NotImplementedError("the hf rollout server does not support audio inputs")
         prompt_ids = normalize_token_ids(prompt_ids)
         request = self._resolve_request(request_id, prompt_ids, dict(sampling_params or {}))
+        return await self._serve(request, image_data, mm_processor_kwargs)
 
+    async def _serve(
+        self, request: _Request, image_data: Optional[list[Any]] = None, mm_processor_kwargs: Optional[dict] = None
+    ) -> TokenOutput:
+        """Admit a resolved request (abort/park rules), then generate under the model lock in a worker thread: the
+        one path behind both :meth:`generate` and the OpenAI endpoint."""
+        request_id, prompt_ids = request.request_id, request.prompt_ids
         rejected = await self._park_until_admitted(request_id)
         if rejected is not None:
             return rejected
@@ -903,8 +1369,26 @@ class HFReplica(RolloutReplica):
         self.server_class = ray.remote(HFServer)
 
     async def init_standalone(self) -> None:
-        """Standalone server for evaluation/tests: no trainer workers, no resource pool — just the server actor."""
+        """Standalone server (evaluation, tests, a GenRM judge without a resource pool): just the server actor — no
+        trainer workers, no resource pool of its own."""
         self.rollout_mode = RolloutMode.STANDALONE
+        await self.launch_servers()
+
+    async def init_colocated(self, resource_pool: Any) -> None:
+        """A server in an existing resource pool, next to the trainer's processes: how verl's
+        ``RewardModelManager`` starts a GenRM judge (its own ``reward_pool`` with
+        ``reward.reward_model.enable_resource_pool=True``, else the trainer's ``global_pool``).
+
+        verl's base version first fills the pool slice with a ``RayWorkerGroup`` of ``CheckpointEngineWorker`` actors —
+        one process per device of the replica, each building this backend's weight-sync adapter — because a vLLM
+        server runs on those workers' GPUs and receives weights through them. Neither applies here: a judge's weights
+        never change (nothing syncs a reward model; ``RewardModelManager`` only wakes and sleeps it), and the HF
+        server is a single process that needs no per-rank workers. On a CPU those workers would only cost a process
+        and a verl import each. So this just launches the server actor, pinned (with zero resources of its own) to the
+        first bundle of the replica's slice of the pool, i.e. to that bundle's node.
+        """
+        self.rollout_mode = RolloutMode.COLOCATED
+        self.resource_pool = resource_pool
         await self.launch_servers()
 
     @property
@@ -943,6 +1427,13 @@ class HFReplica(RolloutReplica):
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             actor_options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+        elif self.resource_pool is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            placement_group, bundle_index = _first_bundle(self.resource_pool)
+            actor_options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=placement_group, placement_group_bundle_index=bundle_index
+            )
 
         server = self.server_class.options(**actor_options).remote(
             config=self.config,
@@ -953,7 +1444,7 @@ class HFReplica(RolloutReplica):
             cuda_visible_devices=visible,
         )
         await server.ready.remote()  # surfaces model-loading errors here, not at the first request
-        host, port = await server.get_server_address.remote()
+        host, port = await server.start_http_server.remote()
         self.servers = [server]
         self._server_handle = server
         self._server_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -1132,12 +1623,17 @@ register()
 
 __all__ = [
     "ADAPTER_FQN",
+    "ChatRequest",
     "HFReplica",
     "HFServer",
     "HFServerAdapter",
+    "OpenAIRequestError",
     "ROLLOUT_NAME",
     "SERVER_NAME_PREFIX",
+    "chat_request",
+    "openai_app",
     "register",
     "server_actor_name",
     "tensor_digest",
+    "truncate_at_stop",
 ]

@@ -59,7 +59,8 @@ class ServerCall:
 
     ``turn`` is the 0-based turn index within the trajectory's script; ``image_sizes`` are the PIL ``(width, height)``
     of every image in ``image_data`` (``None`` for non-PIL entries); ``prompt_length`` is ``len(prompt_ids)``;
-    ``script_index`` is the index into the ``scripts`` given to the server; ``response_ids`` are the ids returned.
+    ``script_index`` is the index into the ``scripts`` given to the server; ``response_ids`` are the ids returned and
+    ``prompt_ids`` the ids received.
     """
 
     request_id: str
@@ -70,6 +71,7 @@ class ServerCall:
     sampling_params: Mapping[str, Any]
     script_index: int = -1
     response_ids: tuple[int, ...] = field(default=(), repr=False)
+    prompt_ids: tuple[int, ...] = field(default=(), repr=False)
 
 
 class ScriptedServer:
@@ -140,6 +142,7 @@ class ScriptedServer:
                 sampling_params=sampling_params,
                 script_index=script_index,
                 response_ids=tuple(ids),
+                prompt_ids=tuple(prompt_ids),
             )
         )
         log_probs = [SCRIPTED_LOG_PROB] * len(ids) if sampling_params.get("logprobs") else None

