@@ -8,8 +8,9 @@ judge answering the VisionThink "Score: 0 or 1" prompt — so its CPU does not c
 Against it, side by side on the same N judgements (the server's fault draws are reset before each row, so every row
 meets exactly the same faults):
 
-* ``JudgeClient`` with each HTTP path: ``http: openai`` (the SDK; the default) and ``http: aiohttp``; all N
-  submitted at once (``judge_many``), at most ``concurrency`` in flight;
+* ``JudgeClient`` with each HTTP path: ``http: aiohttp`` (what the default ``http: auto`` picks for an ``http://``
+  judge like this one) and ``http: openai`` (the SDK, what ``auto`` picks for ``https://`` APIs); all N submitted at
+  once (``judge_many``), at most ``concurrency`` in flight;
 * the baseline VisionThink used: the synchronous ``openai.OpenAI`` client's ``chat.completions.create`` in a
   ``ThreadPoolExecutor(max_workers=concurrency)``, with the same retry policy (bounded attempts, full-jitter backoff,
   ``Retry-After`` honoured, the same strict verdict parser), so it loses nothing either;
@@ -26,7 +27,7 @@ occupy slots (a timeout for the full client timeout) and need another attempt, s
 cannot reach the ideal. On a shared machine the load average matters; it is printed. Timings are printed, never
 asserted; the last line is machine-readable::
 
-    efficiency=<JudgeClient (default http) / ideal> speedup_vs_threadpool=<its throughput / the pool's> lost=<count>
+    efficiency=<JudgeClient, default config / ideal> speedup_vs_threadpool=<its throughput / the pool's> lost=<count>
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Measure:
 
 
 def run_judge_client(server: ServerProcess, args: argparse.Namespace, http: str, name: str) -> Row:
+    """``JudgeClient`` with the benchmark's timeout/retries/concurrency; everything else its defaults."""
     from visionr3.reward.judge import JudgeClient, JudgeConfig
 
     config = JudgeConfig(
@@ -361,19 +363,23 @@ def main() -> None:
     if not args.skip_calibration:
         clean = ServerProcess(args, fault_rate=0.0)
         try:
-            progress("calibration: bare aiohttp loop, fault-free server")
+            progress("calibration: bare aiohttp loop, fault-free server")  # what the machine allows right now
             rows.append(run_bare_aiohttp(clean, args))
-            progress("calibration: JudgeClient http=aiohttp, fault-free server")
-            rows.append(run_judge_client(clean, args, "aiohttp", "JudgeClient http=aiohttp, no faults"))
+            progress("calibration: JudgeClient (default config), fault-free server")
+            rows.append(run_judge_client(clean, args, "auto", "JudgeClient default, no faults"))
         finally:
             clean.close()
     server = ServerProcess(args, fault_rate=args.fault_rate)
     try:
-        progress("JudgeClient http=openai (default)")
-        ours = run_judge_client(server, args, "openai", "JudgeClient http=openai (default)")
+        from visionr3.reward.judge import JudgeConfig, resolve_http
+
+        default_http = resolve_http(JudgeConfig(base_url=server.base_url, model=MODEL))
+        progress(f"JudgeClient, default config (http=auto -> {default_http})")
+        ours = run_judge_client(server, args, "auto", f"JudgeClient default (auto->{default_http})")
         rows.append(ours)
-        progress("JudgeClient http=aiohttp")
-        rows.append(run_judge_client(server, args, "aiohttp", "JudgeClient http=aiohttp"))
+        other = "openai" if default_http == "aiohttp" else "aiohttp"
+        progress(f"JudgeClient http={other}")
+        rows.append(run_judge_client(server, args, other, f"JudgeClient http={other}"))
         pool = None
         if not args.skip_threadpool:
             progress(f"baseline: ThreadPool({args.concurrency}) + sync openai.OpenAI")

@@ -1,10 +1,12 @@
 """Answer extraction: tags (first/last/split), \\boxed{} with nested braces, last line, description, final answer."""
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionr3.reward.extract import answer_tag, boxed, description, final_answer, last_line
+from visionr3.reward.extract import answer_tag, boxed, description, final_answer, last_line, tag_contents
 
 TWO_ANSWERS = "<answer>first</answer> then <answer> second </answer>"
 
@@ -127,3 +129,15 @@ def test_extraction_never_raises(text):
 def test_tagged_text_round_trips(content):
     assert answer_tag(f"junk<answer>{content}</answer>", "last") == content.strip()
     assert answer_tag(f"junk<answer>{content}</answer>", "split") == content.strip()
+
+
+@settings(max_examples=100, deadline=None)
+@given(TAG_SOUP)
+def test_tag_scanning_matches_the_papers_regexes(text):
+    """The str.find scans give exactly re.findall / re.search results (they exist only to stay linear)."""
+    assert tag_contents(text, "<answer>", "</answer>") == re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    assert tag_contents(text, "{", "}") == re.findall(r"\{(.*?)\}", text, re.DOTALL)
+    first = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    assert answer_tag(text, "first") == (first.group(1).strip() if first else None)
+    found = re.search(r"<description>(.*?)</description>", text, re.DOTALL)
+    assert description(text) == (found.group(1).strip() if found else None)

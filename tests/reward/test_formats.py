@@ -1,9 +1,13 @@
 """Per-recipe format checks (papers.md §1.3, §2.3, §3.2, §4.3), one table per recipe."""
 
+import re
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visionr3.reward import formats
 from visionr3.reward.formats import (
     deepeyes_format,
     vision_r1_format,
@@ -138,3 +142,48 @@ def test_format_checks_are_total(text):
         assert check(text) in (0.0, 1.0)
     assert visionthink_format([text, text]) in (0.0, 1.0)
     assert deepeyes_format(text) in (0.0, -1.0)
+
+
+SOUP = st.lists(
+    st.sampled_from(
+        ["<think>", "</think>", "<answer>", "</answer>", "<description>", "</description>", "\\boxed{", "}", " ", "\n"]
+    )
+    | st.sampled_from(["< think >", "</ answer>", "/", "x"]),
+    max_size=14,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(SOUP)
+def test_linear_time_rewrites_match_the_released_regexes(text):
+    """The prechecks and the linear pre-clean only make the checks fast; results equal the released code's regexes."""
+    cleaned = re.sub(r"\s*(<|>|/)\s*", r"\1", text)
+    assert formats._sr1_clean(text) == cleaned
+    sr1 = r"^\s*<description>.*?</description>\s*<think>.*?</think>\s*\\boxed\{.*?\}\s*$"
+    assert vision_sr1_format(text) == float(re.fullmatch(sr1, cleaned, re.DOTALL) is not None)
+    r1 = r"<think>.*?</think>\s*\\boxed\{.*?\}\s*$"
+    assert vision_r1_format(text) == float(re.fullmatch(r1, cleaned, re.DOTALL) is not None)
+    general = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
+    assert visionthink_general_format(text) == float(re.fullmatch(general, text, re.DOTALL) is not None)
+    assert vlm_r3_format(text) == float(re.fullmatch(r".*?<answer>.*?</answer>\s*", text, re.DOTALL) is not None)
+
+
+DEGENERATE = [
+    "<answer>" * 10_000,
+    "<think></think><answer></answer>" * 1_000 + "x",
+    "answer" + " " * 20_000 + "x",
+    " \n" * 20_000 + "x",
+    "{" * 20_000,
+    '{"bbox_2d": [' * 10_000,
+    "\\boxed{" * 10_000,
+]
+
+
+@pytest.mark.parametrize("text", DEGENERATE, ids=lambda text: repr(text[:14]))
+def test_degenerate_samples_are_checked_in_linear_time(text):
+    """A policy stuck in a loop must not stall the reward step (these took seconds to minutes with the raw regexes)."""
+    start = time.perf_counter()
+    for check in (visionthink_general_format, vlm_r3_format, vision_sr1_format, vision_r1_format, deepeyes_format):
+        check(text)
+    visionthink_format([text, text])
+    assert time.perf_counter() - start < 2.0

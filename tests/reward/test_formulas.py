@@ -1,6 +1,7 @@
 """Each recipe's formula as a table of (trajectory, accuracy, params) -> (score, components), plus the recipe API."""
 
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -376,3 +377,16 @@ def test_unknown_deepeyes_variant_is_an_error():
 def test_defaults_are_read_only():
     with pytest.raises(TypeError):
         get_recipe("visionthink").defaults["format_weight"] = 1.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["<answer>" * 10_000, "{" * 20_000, '{"bbox_2d": [' * 10_000, "<think></think><answer></answer>" * 1_000 + "x"],
+    ids=["answers", "braces", "bbox-calls", "tag-pairs"],
+)
+def test_degenerate_samples_score_in_linear_time(text):
+    start = time.perf_counter()
+    for recipe in RECIPES.values():
+        trajectory = inp(text, self_answer=text, self_status="answered", tool_images=1)
+        recipe.combine(trajectory, float(recipe.grade(trajectory).correct))
+    assert time.perf_counter() - start < 3.0

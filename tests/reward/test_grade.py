@@ -2,6 +2,7 @@
 whether the rules can tell at all (``decisive``)."""
 
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -162,3 +163,17 @@ def test_grade_never_raises_and_correct_is_decisive(prediction, ground_truth, op
 def test_different_letters_are_decisively_wrong(predicted, gold):
     result = grade(predicted, gold)
     assert result.decisive and result.correct == (predicted == gold)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["answer" + " " * 20_000 + "x", "is" + " " * 20_000 + "(" + " " * 20_000, "A, " * 20_000, "1" * 20_000 + "x1"],
+    ids=["answer+spaces", "is+spaces", "letter-list", "digits"],
+)
+def test_degenerate_predictions_grade_in_linear_time(text):
+    """Letter and number patterns avoid nested whitespace quantifiers (the first two took minutes before)."""
+    start = time.perf_counter()
+    for gold, options in (("B", ()), ("B", CARS), ("red", ()), ("3.5 cm", ()), ("yes", ())):
+        grade(text, gold, options=options)
+        grade(gold, text, options=options)
+    assert time.perf_counter() - start < 2.0

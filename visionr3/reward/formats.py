@@ -20,14 +20,14 @@ _VT_GENERAL = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.
 
 def _visionthink_direct_answer(turn: str) -> bool:
     """``<think>…</think>…<answer>…</answer>``, one of each tag, no ``<tool_call>``."""
-    return (
-        _VT_DIRECT.match(turn) is not None
-        and turn.count("<think>") == 1
+    return (  # counts first: with one of each tag the greedy pattern cannot backtrack badly
+        turn.count("<think>") == 1
         and turn.count("</think>") == 1
         and turn.count("<answer>") == 1
         and turn.count("</answer>") == 1
         and "<tool_call>" not in turn
         and "</tool_call>" not in turn
+        and _VT_DIRECT.match(turn) is not None
     )
 
 
@@ -38,13 +38,13 @@ def _visionthink_tool_step(turn: str) -> bool:
     so two calls in a turn passed; its rollout rejects them, and so does this check.
     """
     return (
-        _VT_TOOL_STEP.match(turn) is not None
-        and turn.count("<think>") == 1
+        turn.count("<think>") == 1
         and turn.count("</think>") == 1
         and turn.count("<tool_call>") == 1
         and turn.count("</tool_call>") == 1
         and "<answer>" not in turn
         and "</answer>" not in turn
+        and _VT_TOOL_STEP.match(turn) is not None
     )
 
 
@@ -61,9 +61,16 @@ def visionthink_format(turns: Sequence[str]) -> float:
     return float(steps_ok and _visionthink_direct_answer(turns[-1]))
 
 
+def _framed(text: str, start: str, end: str) -> bool:
+    """A necessary condition for the fullmatch patterns below, checked first: with it they run in linear time, without
+    it lazy ``.*?`` chains backtrack quadratically (or worse) on a degenerate sample full of tags."""
+    stripped = text.strip()
+    return stripped.startswith(start) and stripped.endswith(end)
+
+
 def visionthink_general_format(text: str) -> float:
     """VisionThink's general (no-tool) track: ``\\s*<think>.*?</think>\\s*<answer>.*?</answer>\\s*``, whole text."""
-    return float(_VT_GENERAL.fullmatch(text) is not None)
+    return float(_framed(text, "<think>", "</answer>") and _VT_GENERAL.fullmatch(text) is not None)
 
 
 # --- VLM-R3 (src/r1-v/src/open_r1/rgrpo.py::format_reward) -------------------------------------------------------
@@ -74,12 +81,13 @@ _VLM_R3 = re.compile(r".*?<answer>.*?</answer>\s*", re.DOTALL)
 def vlm_r3_format(text: str) -> float:
     """VLM-R3: the text ends with an ``<answer>…</answer>`` (``<think>`` is not required). 1.0 or 0.0 — the paper's
     0.5 is the recipe's ``format_weight``."""
-    return float(_VLM_R3.fullmatch(text) is not None)
+    return float(_framed(text, "", "</answer>") and _VLM_R3.fullmatch(text) is not None)
 
 
 # --- Vision-SR1 / Vision-R1 (train_examples/reward_function/see_think_selfReward.py, cot_val.py) -----------------
 
-_SR1_CLEAN = re.compile(r"\s*(<|>|/)\s*")
+_WHITESPACE_RUN = re.compile(r"\s+")
+_SR1_DELIMITERS = frozenset("<>/")
 _SR1 = re.compile(r"^\s*<description>.*?</description>\s*<think>.*?</think>\s*\\boxed\{.*?\}\s*$", re.DOTALL)
 _R1 = re.compile(r"\s*<think>.*?</think>\s*\\boxed\{.*?\}\s*", re.DOTALL)
 
@@ -87,17 +95,25 @@ _R1 = re.compile(r"\s*<think>.*?</think>\s*\\boxed\{.*?\}\s*", re.DOTALL)
 def _sr1_clean(text: str) -> str:
     """Vision-SR1's pre-clean: whitespace around ``<``, ``>`` and ``/`` removed, so ``< think >``, ``</ think>`` and
     ``<think>\\n`` all read as plain tags (the ``<think>`` vs ``<think>\\n`` mismatch of papers.md §3.4, issue #14)."""
-    return _SR1_CLEAN.sub(r"\1", text)
+    # Same result as re.sub(r"\s*(<|>|/)\s*", r"\1", text) — a whitespace run touching <, > or / goes — in linear
+    # time: that regex is quadratic on long whitespace runs.
+    def keep_or_drop(run: re.Match) -> str:
+        before, after = text[run.start() - 1 : run.start()], text[run.end() : run.end() + 1]
+        return "" if before in _SR1_DELIMITERS or after in _SR1_DELIMITERS else run.group()
+
+    return _WHITESPACE_RUN.sub(keep_or_drop, text)
 
 
 def vision_sr1_format(text: str) -> float:
     """Vision-SR1: ``<description>…</description> <think>…</think> \\boxed{…}`` and nothing else. 1.0 or 0.0."""
-    return float(_SR1.fullmatch(_sr1_clean(text)) is not None)
+    cleaned = _sr1_clean(text)
+    return float(_framed(cleaned, "<description>", "}") and _SR1.fullmatch(cleaned) is not None)
 
 
 def vision_r1_format(text: str) -> float:
     """Vision-R1 baseline (Vision-SR1 repo, ``cot_val.py``): ``<think>…</think> \\boxed{…}`` and nothing else."""
-    return float(_R1.fullmatch(_sr1_clean(text)) is not None)
+    cleaned = _sr1_clean(text)
+    return float(_framed(cleaned, "<think>", "}") and _R1.fullmatch(cleaned) is not None)
 
 
 # --- DeepEyes (verl/utils/reward_score/vl_agent.py::compute_score) ------------------------------------------------

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from visionr3.reward.extract import answer_tag, boxed, final_answer, last_line
+from visionr3.reward.extract import answer_tag, boxed, final_answer, last_line, tag_contents
 from visionr3.reward.formats import (
     deepeyes_format,
     vision_r1_format,
@@ -166,8 +166,9 @@ def _visionthink_general(inp: RewardInput, accuracy: float, p: Mapping[str, Any]
 
 # --- VLM-R3 ---------------------------------------------------------------------------------------------------------
 
-_JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
-_BBOX_CALL = re.compile(r'\{"bbox_2d":\s*\[[^\]]*\]\}')
+# VLM-R3's r'\{"bbox_2d":\s*\[[^\]]*\]\}', with brackets and braces also excluded inside the list: the original is
+# quadratic on a sample of many unclosed calls, and no valid box contains them.
+_BBOX_CALL = re.compile(r'\{"bbox_2d":\s*\[[^\][{}]*\]\}')
 
 
 def vlm_r3_unique_boxes(text: str) -> int | None:
@@ -176,7 +177,8 @@ def vlm_r3_unique_boxes(text: str) -> int | None:
     VLM-R3's ``repeat_reward``: one malformed call voids the whole region reward.
     """
     unique: set[str] = set()
-    for chunk in _JSON_OBJECT.findall(text):
+    for inner in tag_contents(text, "{", "}"):  # re.findall(r"\{.*?\}", DOTALL), in linear time
+        chunk = "{" + inner + "}"
         if "bbox" not in chunk:
             continue
         try:

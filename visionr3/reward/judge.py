@@ -2,7 +2,7 @@
 
 One client serves a remote API (GPT-4o, Azure, DashScope) and a local judge (vLLM/HF behind verl's reward router):
 both speak ``POST {base_url}/chat/completions``. What it must get right, each a bug in the papers' code
-(``/work/shared/reference/papers.md`` §1.5, §1.7, §2.5, §3.4, §4.5):
+(papers.md §1.5, §1.7, §2.5, §3.4, §4.5):
 
 * **Only the judge's final verdict counts.** Each preset's parser takes the *last* verdict in its own format
   (VisionThink's last ``Score: 0|1``, Qwen3's last ``[[YES]]``/``[[NO]]`` after the last ``</think>``, ...), never
@@ -19,18 +19,20 @@ both speak ``POST {base_url}/chat/completions``. What it must get right, each a 
 Throughput: one :class:`JudgeClient` per process and event loop (:func:`judge_client`) shares its request slots
 (``max_concurrency`` requests in flight; waiting retries go first), an LRU cache of verdicts (failures are not
 cached) and in-flight de-duplication (identical concurrent requests make one call). Two HTTP paths, with the same
-retries and parsing:
+retries and parsing; ``http: auto`` (the default) takes the SDK for ``https://`` endpoints and Azure — remote APIs,
+where a reply takes seconds and TLS, proxies and auth are best left to the SDK — and aiohttp for ``http://``
+endpoints: a judge on this machine or inside the cluster (a vLLM server, verl's reward router), where replies take
+tens of milliseconds and the client's CPU per request decides the throughput:
 
-* ``http: openai`` (default) — the ``openai`` SDK's ``AsyncOpenAI`` (``AsyncAzureOpenAI`` with
+* ``http: openai`` — the ``openai`` SDK's ``AsyncOpenAI`` (``AsyncAzureOpenAI`` with
   ``azure_api_version``), built lazily with the SDK's retries off, on the SDK's aiohttp transport when installed
   (httpx costs ~1.5x its CPU). We call it through ``client.post("/chat/completions", ...)``, the SDK's documented
   route for raw requests, rather than ``chat.completions.create``: ``create`` re-walks the message TypedDicts and
   builds pydantic models on every call — 1.3 ms of CPU per request against 0.8 ms in our profile — and for
   plain-text judge prompts both do nothing. Auth, Azure's deployment URLs, proxies and error mapping stay the SDK's.
 * ``http: aiohttp`` — one ``aiohttp.ClientSession`` posting the same JSON: ~0.25 ms of CPU per request, a third of
-  the SDK path's. This matters for a fast local judge at high concurrency (tens of ms per reply, where the client's
-  event loop becomes the bottleneck, and more so on a busy node); for a remote API taking seconds per reply the two
-  are equally fast. ``benchmarks/bench_judge.py`` measures both.
+  the SDK path's (1.1 ms on a busy machine). Against a 50 ms judge at 64 in flight the SDK path saturates a shared
+  core's event loop — spurious timeouts, retries, down to half the throughput (``benchmarks/bench_judge.py``).
 
 Config (the client keys of the ``visionr3.reward.judge`` block; :meth:`JudgeConfig.from_dict` takes them)::
 
@@ -308,7 +310,7 @@ class JudgeConfigError(ValueError):
     """A judge config value is missing or invalid; the message names the full key."""
 
 
-HttpPath = Literal["openai", "aiohttp"]
+HttpPath = Literal["auto", "openai", "aiohttp"]
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,8 @@ class JudgeConfig:
     - ``cache_size``: LRU entries of successful verdicts (0 disables the cache).
     - ``extra_body``: merged into the request JSON, e.g. ``{"chat_template_kwargs": {"enable_thinking": True}}``.
     - ``azure_api_version``: use Azure OpenAI (``AsyncAzureOpenAI``) with this API version.
-    - ``http``: ``openai`` (the SDK) or ``aiohttp`` (lean; see the module docstring).
+    - ``http``: ``openai`` (the SDK), ``aiohttp`` (lean), or ``auto``: the SDK for ``https://`` and Azure, aiohttp
+      for ``http://`` (see the module docstring).
     """
 
     base_url: str
@@ -346,7 +349,7 @@ class JudgeConfig:
     cache_size: int = 100_000
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     azure_api_version: str | None = None
-    http: HttpPath = "openai"
+    http: HttpPath = "auto"
 
     def __post_init__(self) -> None:
         # A read-only deep copy: the config is a registry key and must not change under the client that holds it.
@@ -362,8 +365,8 @@ class JudgeConfig:
             raise bad("model", "is empty")
         if self.prompt not in PROMPTS:
             raise bad("prompt", f"unknown preset {self.prompt!r}; choose one of {sorted(PROMPTS)}")
-        if self.http not in ("openai", "aiohttp"):
-            raise bad("http", f"must be 'openai' or 'aiohttp', got {self.http!r}")
+        if self.http not in ("auto", "openai", "aiohttp"):
+            raise bad("http", f"must be auto, openai or aiohttp, got {self.http!r}")
         for key, minimum in (("max_concurrency", 1), ("max_retries", 0), ("max_tokens", 1), ("cache_size", 0)):
             if getattr(self, key) < minimum:
                 raise bad(key, f"must be >= {minimum}, got {getattr(self, key)}")
@@ -427,6 +430,15 @@ def _plain(value: Any) -> Any:
     if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
         return omegaconf.OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def resolve_http(config: JudgeConfig) -> Literal["openai", "aiohttp"]:
+    """The HTTP path ``config.http`` stands for (``auto``: the SDK for ``https://`` and Azure, else aiohttp)."""
+    if config.http != "auto":
+        return config.http
+    if config.azure_api_version or urlsplit(config.base_url).scheme == "https":
+        return "openai"
+    return "aiohttp"
 
 
 def _is_loopback(url: str) -> bool:
@@ -789,8 +801,8 @@ class JudgeClient:
         self.config = config
         self.prompt = PROMPTS[config.prompt]
         self._api_key = _read_api_key(config)
-        http_cls = _OpenAIHttp if config.http == "openai" else _AiohttpHttp
-        self._http = http_cls(config, self._api_key)
+        self.http = resolve_http(config)
+        self._http = (_OpenAIHttp if self.http == "openai" else _AiohttpHttp)(config, self._api_key)
         self._cache = cache if cache is not None else _LRU(config.cache_size)
         self._inflight: dict[bytes, asyncio.Future[Verdict]] = {}
         self._slots: _Slots | None = None
@@ -803,7 +815,7 @@ class JudgeClient:
     def __repr__(self) -> str:
         cfg = self.config
         return (f"JudgeClient(base_url={_public_url(cfg.base_url)!r}, model={cfg.model!r}, prompt={cfg.prompt!r}, "
-                f"http={cfg.http!r}, max_concurrency={cfg.max_concurrency})")
+                f"http={self.http!r}, max_concurrency={cfg.max_concurrency})")
 
     # -- public API ----------------------------------------------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class FaultRates:
 # --------------------------------------------------------------------------------------------------------------------
 # The rule judge: recognise a preset's prompt, extract (ground truth, prediction), decide, answer in its format.
 # The markers below are this module's own copy of the preset texts (see visionr3.reward.judge and
-# /work/shared/reference/papers.md). Only the prediction is untrusted: fields *before* it are matched lazily and the
+# papers.md). Only the prediction is untrusted: fields *before* it are matched lazily and the
 # prediction greedily, so text injected into the prediction (even a copy of the template's own markers) stays inside
 # the prediction.
 # --------------------------------------------------------------------------------------------------------------------
