@@ -165,10 +165,13 @@ async def test_no_sample_lost_under_ten_percent_faults_and_every_verdict_is_the_
     stats = client.stats
     assert stats.failures == 0 and stats.requests == 240
     assert stats.attempts == 240 + stats.retries == sum(v.attempts for v in verdicts)
-    for kind in ("rate_limit", "server_error", "malformed"):  # every injected fault was seen, and retried, once
-        assert stats.errors[kind] == faults[kind], kind
-    # a reply slower than the 1 s client timeout on a loaded machine is a genuine extra timeout, also retried
-    assert stats.errors["timeout"] >= faults["timeout"] and stats.retries == sum(stats.errors.values())
+    assert stats.retries == sum(stats.errors.values()) >= sum(faults.values())
+    # Every injected fault was seen as its kind and retried — except that on a heavily loaded machine an attempt can
+    # run past the 1 s client timeout before its (fast) fault arrives: then it is one more timeout instead.
+    extra_timeouts = stats.errors["timeout"] - faults["timeout"]
+    assert extra_timeouts >= 0
+    for kind in ("rate_limit", "server_error", "malformed"):
+        assert faults[kind] - extra_timeouts <= stats.errors[kind] <= faults[kind], kind
 
 
 @pytest.mark.parametrize("preset", sorted(PROMPTS))
@@ -252,6 +255,21 @@ async def test_a_retry_is_admitted_before_the_rest_of_the_batch():
     assert requests_seen[0] <= 5 and max(requests_seen.values()) == 20
 
 
+async def test_slots_survive_cancelled_waiters():
+    slots = judge_module._Slots(1)
+    await slots.acquire(retry=False)
+    queued = asyncio.create_task(slots.acquire(retry=False))
+    handed = asyncio.create_task(slots.acquire(retry=True))
+    await asyncio.sleep(0)
+    queued.cancel()  # cancelled while waiting: leaves the queue
+    slots.release()  # hands the slot to the waiting retry ...
+    handed.cancel()  # ... which is cancelled before it resumes: it must pass the slot on, not lose it
+    for task in (queued, handed):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.wait_for(slots.acquire(retry=False), 1)  # the one slot is free again
+
+
 def test_retry_after_parsing_and_backoff_cap():
     assert retry_after_seconds({"Retry-After": "2"}) == 2.0
     assert retry_after_seconds({"retry-after": "0.5"}) == 0.5
@@ -268,7 +286,8 @@ def test_retry_after_parsing_and_backoff_cap():
 async def test_an_always_failing_server_yields_none_after_exactly_max_retries_plus_one(http, kind):
     faults = {kind: 1.0}
     with OpenAIStubServer(faults=faults, retry_after=0.01, hang=30) as server:
-        config = make_config(server, http=http, max_retries=3, timeout=0.3)
+        # a short timeout only where the fault is a hang: elsewhere a loaded machine must not turn faults into timeouts
+        config = make_config(server, http=http, max_retries=3, timeout=0.3 if kind == "timeout" else 5.0)
         verdicts, client = await judge_all(config, [("Q", "G", "G")])
         requests = server.requests
     (verdict,) = verdicts

@@ -794,7 +794,7 @@ class JudgeClient:
 
     Nothing touches the network or the event loop until the first :meth:`judge`; the API key is read here, when the
     client is built. A client belongs to the event loop of its first call: use :func:`judge_client` to get the
-    right one.
+    right one. ``http`` is the HTTP path in use (``config.http`` resolved); ``stats`` its :class:`JudgeStats`.
     """
 
     def __init__(self, config: JudgeConfig, *, cache: _LRU | None = None) -> None:

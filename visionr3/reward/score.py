@@ -42,7 +42,6 @@ from typing import Any, Literal
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from visionr3.reward.formulas import get_recipe
-from visionr3.reward.grade import grade
 from visionr3.reward.types import RewardInput, RewardScore
 
 logger = logging.getLogger(__name__)
@@ -136,7 +135,7 @@ async def score_input(
     spec = get_recipe(recipe)
     settings = judge if isinstance(judge, JudgeSettings) else JudgeSettings.from_dict(judge)
     prediction = spec.prediction(inp)
-    ruled = grade(prediction, inp.ground_truth, options=inp.options)
+    ruled = spec.grade(inp)  # the recipe's rule (visionr3: the demo's plain exact match)
     accuracy, source, excluded, attempts = float(ruled.correct), "rule", False, 0
     if prediction is None or not prediction.strip():
         source = "none"
