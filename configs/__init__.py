@@ -16,6 +16,20 @@ def config_path(*parts: str) -> Path:
     return path
 
 
+def plain(value):
+    """An OmegaConf container as plain, resolved dicts/lists; anything else unchanged.
+
+    Config blocks reach our code as ``DictConfig`` (Hydra, ``hydra.utils.instantiate``, verl's ``reward_kwargs``) or as
+    plain dicts (tests, direct calls). Never imports omegaconf: a value can only be a container if it is loaded.
+    """
+    import sys
+
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
+        return omegaconf.OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers for our YAMLs (idempotent); :mod:`visionr3.plugin` calls it in every verl process.
 

@@ -8,7 +8,8 @@ plus ``visionr3/tool_call_rate`` (share of trajectories with at least one call),
 which verl's v1 trainer otherwise logs only during validation.
 
 It also overrides ``_compute_advantage`` — the one place where all ``n`` rollouts of every prompt are present — for
-visionr3's group-level rewards (pure functions in :mod:`visionr3.reward.shaping`), and only when they are configured:
+visionr3's group-level rewards (pure functions in :mod:`visionr3.reward.shaping`), and only when they are configured
+(otherwise it is verl's own, with no extra TransferQueue read):
 
 1. ``visionr3.shaping.apply_ratio.enable``: VisionThink's apply-ratio penalty rewrites each trajectory's score
    (``rm_scores`` in TransferQueue) *before* verl computes advantages, so verl's ``critic/score/*`` metrics, KL-in-
@@ -148,7 +149,8 @@ def _register() -> None:
 
         # ---- group-level rewards --------------------------------------------------------------------------------
 
-        def _visionr3_settings(self) -> tuple[dict, dict | None, bool]:
+        def _visionr3_settings(self) -> tuple[dict, dict | None, bool, bool]:
+            """``(shaping, decouple, apply_ratio enabled, exclusion possible)`` from the ``visionr3`` block."""
             from omegaconf import OmegaConf
 
             block = self.config.get("visionr3")
@@ -156,15 +158,23 @@ def _register() -> None:
             shaping = block.get("shaping") or {}
             decouple = (block.get("advantage") or {}).get("decouple") or None
             apply_ratio = bool((shaping.get("apply_ratio") or {}).get("enable", False))
-            return shaping, decouple, apply_ratio
+            judge = (block.get("reward") or {}).get("judge") or {}
+            may_exclude = judge.get("use", "never") != "never" and judge.get("on_failure") == "exclude"
+            return shaping, decouple, apply_ratio, may_exclude
 
         def _compute_advantage(self, batch, metrics):
+            shaping, decouple, apply_ratio, may_exclude = self._visionr3_settings()
+            if not (apply_ratio or decouple or may_exclude):
+                return super()._compute_advantage(batch, metrics)  # nothing of ours configured: verl's own
+
             import torch
             import transfer_queue as tq
             from tensordict import TensorDict
             from verl.workers.utils.padding import response_to_nested
 
-            shaping, decouple, apply_ratio = self._visionr3_settings()
+            def padded(tensor, fill):
+                return tensor.to_padded_tensor(fill) if tensor.is_nested else tensor
+
             fields = ["uid", "rm_scores", "response_mask", "extra_fields"]
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
             uids = [str(uid) for uid in data["uid"].tolist()] if hasattr(data["uid"], "tolist") else list(data["uid"])
@@ -174,18 +184,17 @@ def _register() -> None:
             excluded = np.array([float(r.get("excluded", 0.0)) > 0 for r in rewards])
             valid = ~padding & ~excluded
             response_mask = data["response_mask"]
-            padded_scores = data["rm_scores"].to_padded_tensor(0.0) if data["rm_scores"].is_nested else data["rm_scores"]
+            mask = padded(response_mask, 0)
+            padded_scores = padded(data["rm_scores"], 0.0)
             scores = padded_scores.sum(-1).double().numpy()
             metrics["visionr3/excluded_samples"] = float(excluded[~padding].sum())
 
             if apply_ratio:
                 shaped, shaping_metrics = shape_scores(uids, scores, rewards, ~padding, shaping)
                 metrics.update(shaping_metrics)
-                mask = response_mask.to_padded_tensor(0) if response_mask.is_nested else response_mask
-                lengths = mask.sum(-1).long()
+                last = (mask.sum(-1).long() - 1).clamp(min=0)  # verl puts the score on the last response token
                 new_scores = torch.zeros_like(padded_scores)
-                last = (lengths - 1).clamp(min=0)
-                new_scores[torch.arange(len(lengths)), last] = torch.as_tensor(shaped, dtype=padded_scores.dtype)
+                new_scores[torch.arange(len(last)), last] = torch.as_tensor(shaped, dtype=padded_scores.dtype)
                 output = TensorDict({"rm_scores": response_to_nested(new_scores, response_mask)}, batch_size=len(batch))
                 batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
                 scores = shaped
@@ -202,7 +211,6 @@ def _register() -> None:
                 uids, scores, rewards, valid, decouple,
                 norm_by_std=bool(self.config.algorithm.get("norm_adv_by_std_in_grpo", True)),
             )
-            mask = response_mask.to_padded_tensor(0) if response_mask.is_nested else response_mask
             dense = torch.as_tensor(advantages, dtype=torch.float32).unsqueeze(-1) * mask.float()
             nested = response_to_nested(dense, response_mask)
             output = TensorDict({"advantages": nested, "returns": nested.clone()}, batch_size=len(batch))

@@ -3,6 +3,7 @@ rules, the judge, judge failures (counted, then rule fallback or exclusion), and
 
 import pytest
 
+from visionr3.reward.judge import close_judge_clients
 from visionr3.reward.score import JudgeSettings, compute_score, reward_input
 from visionr3.testing.openai_server import FaultRates, OpenAIStubServer
 
@@ -11,6 +12,13 @@ from visionr3.testing.openai_server import FaultRates, OpenAIStubServer
 def judge_server():
     with OpenAIStubServer(latency=0.0) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    """Each test runs on its own event loop: release the judge clients made on it."""
+    yield
+    await close_judge_clients()
 
 
 def judge(server, **overrides):

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
-from uuid import uuid4
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from uuid import uuid4
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
@@ -44,6 +43,7 @@ from verl.tools.schemas import ToolResponse
 
 from visionr3.agent import parsers  # noqa: F401  (registers visionr3_hermes and bbox_json with verl's ToolParser)
 from visionr3.agent.parsers import MALFORMED_CALL
+from visionr3.configs import plain
 from visionr3.processing import image_items, seen_size
 from visionr3.reward.extract import description as extract_description
 from visionr3.tools.geometry import downsampled_size
@@ -81,7 +81,7 @@ class SelfRewardConfig:
 
     @classmethod
     def from_dict(cls, raw: Any) -> "SelfRewardConfig":
-        raw = dict(_plain(raw) or {})
+        raw = dict(plain(raw) or {})
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"visionr3_agent: unknown self_reward keys {sorted(unknown)}")
@@ -140,11 +140,6 @@ class TrajectoryStats:
     crop_boxes: list[list[int]] = field(default_factory=list)
 
 
-def _plain(value: Any) -> Any:
-    """YAML values arrive as OmegaConf containers through hydra.instantiate; use plain Python ones."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def original_images(messages: list[dict]) -> list[Any]:
@@ -204,7 +199,7 @@ class VisionAgentLoop(ToolAgentLoop):
         self.max_images = int(max_images) if max_images is not None else None
         self.image_limit_action = image_limit_action
         self.low_res_factor = float(low_res_factor) if low_res_factor else None
-        stop = _plain(stop)
+        stop = plain(stop)
         self.stop = list(stop) if stop else (list(VLM_R3_STOP) if self.inline_observations else [])
         if not render_tool_schemas:
             self.tool_schemas = []

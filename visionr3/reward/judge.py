@@ -72,6 +72,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from visionr3.configs import plain
+
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "visionr3.reward.judge"
@@ -353,7 +355,7 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         # A read-only deep copy: the config is a registry key and must not change under the client that holds it.
-        extra_body = json.loads(json.dumps(_plain(self.extra_body) or {}))
+        extra_body = json.loads(json.dumps(plain(self.extra_body) or {}))
         object.__setattr__(self, "extra_body", MappingProxyType(extra_body))
 
         def bad(key: str, why: str) -> JudgeConfigError:
@@ -397,7 +399,7 @@ class JudgeConfig:
         ``reward_router_address`` (``host:port``, what verl passes a custom reward function for its reward-model
         router) fills an empty ``base_url`` with ``http://<address>/v1``: a local judge served by verl.
         """
-        data = _plain(data)
+        data = plain(data)
         if not isinstance(data, Mapping):
             raise JudgeConfigError(f"{CONFIG_KEY}: expected a mapping, got {type(data).__name__}")
         data = dict(data)
@@ -424,12 +426,6 @@ class JudgeConfig:
         return cls(**data)
 
 
-def _plain(value: Any) -> Any:
-    """An OmegaConf container as plain dicts/lists (resolved); anything else unchanged. Never imports omegaconf."""
-    omegaconf = sys.modules.get("omegaconf")
-    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
-        return omegaconf.OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def resolve_http(config: JudgeConfig) -> Literal["openai", "aiohttp"]:

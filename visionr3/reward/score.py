@@ -39,23 +39,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
+from visionr3.configs import plain
 from visionr3.reward.formulas import get_recipe
+from visionr3.reward.rules import ECHOED_TOOL_METRICS
 from visionr3.reward.types import RewardInput, RewardScore
 
 logger = logging.getLogger(__name__)
 
-ECHOED_TOOL_METRICS = ("tool_calls", "valid_tool_calls", "invalid_tool_calls", "num_images", "image_tokens")
-"""Agent-loop counters echoed into the reward dict, so validation (which logs only reward keys) reports them too."""
-
 JudgeUse = Literal["never", "undecided", "always"]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 @dataclass(frozen=True)
@@ -70,7 +63,7 @@ class JudgeSettings:
 
     @classmethod
     def from_dict(cls, raw: Mapping | None) -> "JudgeSettings":
-        raw = dict(_plain(raw) or {})
+        raw = dict(plain(raw) or {})
         use = raw.pop("use", "never")
         backend = raw.pop("backend", "api")
         on_failure = raw.pop("on_failure", "rule")
@@ -91,7 +84,7 @@ def _int(value: Any) -> int:
 
 
 def _ground_truth(value: Any) -> str:
-    value = _plain(value)
+    value = plain(value)
     if isinstance(value, (list, tuple)):
         return "/".join(str(v) for v in value)
     return "" if value is None else str(value)
@@ -103,7 +96,7 @@ def reward_input(data_source: str, solution_str: str, ground_truth: Any, extra_i
     ``extra_info`` is the dataset row's ``extra_info`` (``question``, optional ``options``) merged with the agent
     loop's ``extra_fields`` (``assistant_turns``, tool counters, ``self_answer``/``self_reward_status``).
     """
-    info = dict(_plain(extra_info) or {})
+    info = dict(plain(extra_info) or {})
     options = info.get("options") or info.get("choices") or ()
     if isinstance(options, Mapping):  # {"A": "...", "B": "..."}
         options = [options[key] for key in sorted(options)]
@@ -148,7 +141,7 @@ async def score_input(
             source, excluded = "failed", True
         else:
             source = "fallback"
-    result = spec.combine(inp, accuracy, _plain(params) or None)
+    result = spec.combine(inp, accuracy, plain(params) or None)
     result.accuracy_source = source  # type: ignore[assignment]
     result.excluded = excluded
     result.judge_attempts = attempts
