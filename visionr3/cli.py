@@ -1,9 +1,14 @@
 """The ``visionr3`` command line. Each subcommand is a thin front for a module that does the work.
 
     visionr3 demo          # the CPU demo (README quickstart)
-    visionr3 train ...     # verl's trainer on configs/visionr3_trainer.yaml (Hydra overrides)
+    visionr3 train ...     # verl's trainer on configs/visionr3_trainer.yaml or a recipe (Hydra overrides)
+    visionr3 prepare ...   # public dataset formats -> verl parquet rows our agent loops read
+    visionr3 sft ...       # cold-start SFT through verl's SFT trainer
+    visionr3 merge ...     # FSDP checkpoint -> Hugging Face directory, verified
+    visionr3 submit ...    # a recipe as a Ray job; `visionr3 job logs|status|stop|list` follow it
 
-Later subcommands (train, prepare, merge, submit, eval, view) arrive with their issues; see README.
+Each front below lives in its own module, imported only when its subcommand is built, with two functions:
+``configure(parser)`` adds the arguments and ``run(args) -> int`` does the work.
 """
 
 from __future__ import annotations
@@ -24,7 +29,30 @@ def _train(args: argparse.Namespace) -> int:
     return main(args.hydra_args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# subcommand -> (module, one-line help). The module's configure(parser)/run(args) do the rest.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("visionr3.data.prepare", "convert a public dataset format into verl parquet rows"),
+    "sft": ("visionr3.sft", "cold-start SFT on interleaved image-reasoning data (verl's SFT trainer)"),
+    "merge": ("visionr3.merge", "merge an FSDP checkpoint into a Hugging Face directory and verify it"),
+    "submit": ("visionr3.jobs", "submit a recipe to a Ray cluster as a Ray job"),
+    "job": ("visionr3.jobs", "follow a submitted Ray job: logs, status, stop, list"),
+}
+
+
+def _add_module_command(sub: argparse._SubParsersAction, name: str) -> None:
+    import importlib
+
+    module_name, help_text = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    configure = getattr(module, f"configure_{name}", None) or module.configure
+    run = getattr(module, f"run_{name}", None) or module.run
+    parser = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).split("\n\n")[0])
+    configure(parser)
+    parser.set_defaults(func=run)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, the other module-backed subcommands are listed but not imported."""
     parser = argparse.ArgumentParser(prog="visionr3", description="RL for vision-language models that think with images.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the CPU demo on a tiny offline Qwen-VL model")
@@ -45,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("hydra_args", nargs=argparse.REMAINDER, help="Hydra overrides and flags")
     train.set_defaults(func=_train)
+    for name in SUBCOMMANDS:
+        if only is None or only == name:
+            _add_module_command(sub, name)
+        else:
+            sub.add_parser(name, help=SUBCOMMANDS[name][1])
     return parser
 
 
@@ -55,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         from visionr3.train import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(only=argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else None).parse_args(argv)
     return args.func(args)
 
 

@@ -40,8 +40,8 @@ def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0, task: str = "zo
 
     from omegaconf import OmegaConf
 
-    # The warm-up shows the policy its prompt image at the same budget as the GRPO run: cpu_demo.yaml's.
-    data_max_pixels = int(OmegaConf.load(config_path("cpu_demo.yaml")).data.max_pixels)
+    # The warm-up shows the policy its prompt image at the same budget as the GRPO run: the CPU preset's.
+    data_max_pixels = int(OmegaConf.load(config_path("cluster", "cpu.yaml")).data.max_pixels)
     tool_config = config_path("tools", "crop_zoom.yaml")
     key = hashlib.sha256(
         f"{base_dir}|{steps}|{seed}|{data_max_pixels}|{task}".encode()
@@ -196,25 +196,9 @@ def run_demo(
 
 
 def merge_and_verify(actor_dir: Path, target: Path) -> None:
-    """``python -m verl.model_merger merge --backend fsdp`` then reload and compare every tensor with the shard
-    (in the merged dtype: verl's merger writes bfloat16)."""
-    import torch
-    from transformers import AutoModelForImageTextToText
+    """``visionr3 merge`` as a library (:func:`visionr3.merge.merge_checkpoint`): verl's ``model_merger``, our chat
+    template, then a reload that compares every tensor with the shard in the merged dtype (verl writes bfloat16).
+    Replaces the previous run's merged model; quiet, since the demo prints its own line."""
+    from visionr3.merge import merge_checkpoint
 
-    shutil.rmtree(target, ignore_errors=True)
-    subprocess.run(
-        [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor_dir), "--target_dir", str(target)],
-        check=True,
-        capture_output=True,
-    )
-    merged = AutoModelForImageTextToText.from_pretrained(target, dtype="auto").state_dict()
-    # The demo trains on one (logical) GPU, so the single shard holds every tensor whole.
-    shard = torch.load(actor_dir / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
-    full = {name: (t.to_local() if hasattr(t, "to_local") else t) for name, t in shard.items()}
-    missing = [name for name in full if name not in merged and not name.endswith("lm_head.weight")]
-    if missing:
-        raise RuntimeError(f"merged model lacks {len(missing)} tensors of the checkpoint, e.g. {missing[:3]}")
-    # verl's merger stores the checkpoint's weights in bfloat16; compare in the merged dtype.
-    different = [name for name, t in full.items() if name in merged and not torch.equal(merged[name], t.to(merged[name].dtype))]
-    if different:
-        raise RuntimeError(f"merged tensors differ from the checkpoint: {different[:3]}")
+    merge_checkpoint(actor_dir, target, overwrite=True, progress=False)

@@ -80,5 +80,9 @@ def load() -> None:
     for verl_package, ours in DEFERRED_IMPORTS.items():
         after_import(verl_package, _importer(ours))
 
+    from visionr3 import verl_fixes
+
+    after_import("verl.utils.tensordict_utils", verl_fixes.install)
+
 
 load()

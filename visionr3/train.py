@@ -3,6 +3,8 @@
     visionr3 train                                   # configs/visionr3_trainer.yaml + Hydra overrides
     visionr3 train --config-name cpu_demo            # the CPU demo's config
     visionr3 train --config-name visionr3_trainer actor_rollout_ref.model.path=... data.train_files=...
+    visionr3 train --recipe visionthink data.train_files=... +cluster=a100_4x8 +judge=api   # a paper recipe
+    visionr3 train --recipe zoom --config-name cpu                                          # its CPU-scale variant
 
 Equivalent to ``python -m verl.trainer.main_ppo --config-path <visionr3 configs> --config-name <name>``: the same
 three steps verl's ``main`` runs (``auto_set_device``, ``validate_config``, ``run_ppo`` with verl's ``TaskRunnerV1``).
@@ -28,14 +30,58 @@ def run(config) -> None:
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 
+def recipe_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--recipe NAME`` (or ``--recipe=NAME``) out of a Hydra command line: (NAME or None, the rest)."""
+    rest: list[str] = []
+    recipe = None
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--recipe":
+            if index + 1 >= len(argv):
+                raise SystemExit("visionr3 train: --recipe needs a name")
+            recipe = argv[index + 1]
+            index += 2
+            continue
+        if arg.startswith("--recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    return recipe, rest
+
+
+def with_override(argv: list[str], override: str) -> list[str]:
+    """Add ``override`` to the run of overrides in a Hydra command line (Hydra's parser takes a single run, so
+    ``a=1 --cfg job`` + ``b=2`` must become ``a=1 b=2 --cfg job``); at the end when there are none."""
+    positions = [i for i, arg in enumerate(argv) if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
+    at = positions[-1] + 1 if positions else len(argv)
+    return [*argv[:at], override, *argv[at:]]
+
+
 def main(argv: list[str]) -> int:
-    """Hand ``argv`` (Hydra's command line: overrides, ``--config-name``, ``--cfg job``, ...) to Hydra."""
+    """Hand ``argv`` (Hydra's command line: overrides, ``--config-name``, ``--cfg job``, ...) to Hydra.
+
+    ``--recipe NAME`` makes ``recipes/NAME/`` the primary config directory and ``config`` its default config, so
+    ``--config-name cpu`` then picks the recipe's CPU variant; Hydra's own ``--config-path`` still wins if given.
+    """
     import hydra
 
     import visionr3.plugin  # noqa: F401  (resolvers and registrations in this process too)
     from visionr3.configs import config_path
 
-    @hydra.main(config_path=str(config_path()), config_name="visionr3_trainer", version_base=None)
+    recipe, argv = recipe_arguments(argv)
+    directory, default_name = config_path(), "visionr3_trainer"
+    if recipe is not None:
+        from visionr3.recipes import RECIPE_SEARCHPATH, recipe_dir
+
+        try:
+            directory, default_name = recipe_dir(recipe), "config"
+        except ValueError as exc:
+            raise SystemExit(f"visionr3 train: {exc}") from None
+        argv = with_override(argv, RECIPE_SEARCHPATH)
+
+    @hydra.main(config_path=str(directory), config_name=default_name, version_base=None)
     def _entry(config) -> None:
         run(config)
 

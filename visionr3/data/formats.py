@@ -1,0 +1,680 @@
+"""Converters from the papers' public dataset formats to visionr3's verl rows: one function per format.
+
+Each converter takes one source record (a dict, as the reader in :mod:`visionr3.data.prepare` yields it), its row
+index and a :class:`Context`, and returns a :class:`~visionr3.data.synthetic.VisionRow` — or raises
+:class:`RowError` naming the source field that is wrong. They share no state, so ``visionr3 prepare`` runs them on a
+thread pool; the only I/O is reading and decoding the row's images (so a bad image fails here, with its row, and
+not hours later inside a Ray worker, where verl's prompt-length filter would silently drop the row).
+
+**Prompts.** A row's prompt is built by a :class:`PromptStyle`, which also names the agent loop it is written for:
+
+============================ ======================== ===============================================================
+style                        agent loop               user turn (``{q}``: the question, ``<image>`` where it goes)
+============================ ======================== ===============================================================
+``zoom`` (DeepEyes)          ``visionr3_agent``       ``<image>\\n{q}`` + DeepEyes' ``USER_PROMPT_V2``
+``vlm_r3``                   ``visionr3_vlm_r3``      ``<image>{q}`` + VLM-R3's crop-tool instruction
+``visionthink``              ``visionr3_visionthink`` VisionThink's ``tool_agent`` template around ``<image>\\n{q}``
+``visionthink_general``      ``single_turn_agent``    system: ``GENERAL_QA_SYSTEM_PROMPT``; user: ``<image>\\n{q}``
+``vision_sr1``               ``visionr3_vision_sr1``  ``{q}<image>`` + Vision-SR1's description/think/boxed format
+============================ ======================== ===============================================================
+
+A question that already holds ``<image>`` placeholders (VisionThink's and Vision-SR1's ``problem``) keeps them where
+they are; their number must equal the row's image count. No system prompt is written for the tool styles: the chat
+template renders the tool block from the job's tool YAML (papers.md §1.1, §4.1 — the papers' system prompts are that
+block).
+
+**Multiple choice** (V*, MMVP, CV-Bench, HR-Bench). Options are kept in their source order — evaluation shuffles
+them with a fixed seed, never this step — and the question the model reads is :func:`mc_prompt`::
+
+    {question}
+    A. {first option}
+    B. {second option}
+    Answer with the option's letter from the given choices.
+
+The ground truth is the option letter; ``extra_info.options`` holds the option texts in letter order, which is what
+:func:`visionr3.reward.grade.grade` needs to accept either the letter or the option's text. ``extra_info`` keeps
+everything an evaluator needs to re-shuffle and re-prompt (:class:`MultipleChoiceInfo`): rebuild the text with
+:func:`mc_question`/:func:`mc_prompt` on the permuted options and the prompt with ``STYLES[info["prompt_style"]]``.
+
+**Images** are stored as bytes (``{"bytes": ..., "path": None}``, the Hugging Face image dict), so a parquet file is
+self-contained for Ray jobs, or as a checked absolute path (``{"image": "/abs/x.jpg"}``, ``--keep-paths``). The prompt
+image is always the full-resolution source, so tools never need ``create_kwargs.image``. VisionThink's Smart rows
+carry their target size as ``resized_width``/``resized_height`` = 2 × ``(tgt_width, tgt_height)`` on the image dict
+(see :func:`visionthink_smart`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+from PIL import Image
+
+from visionr3.data.synthetic import SR1_FORMAT, VisionRow
+
+# --- the papers' prompt texts (papers.md) ------------------------------------------------------------------------
+
+VISIONTHINK_TOOL_PROMPT = (
+    "Answer the question based on the image provided. You must conduct reasoning within <think> and </think> first "
+    "in each of your reasoning steps. You may call ONE function tool per step to help you better solve the problem. "
+    "Place the function tool within <tool_call> and </tool_call> at the end of each step to perform a function call. "
+    "You should continue your reasoning process based on the content returned by the function tool. Once you confirm "
+    "your final answer, place the final answer inside <answer> and </answer>. For mathematical or multiple-choice "
+    "problem, wrap the answer value or choice with \\boxed{}. Here is the image and question:\n{Question}"
+)
+"""VisionThink's ``prompt_template_dict["tool_agent"]`` (papers.md §1.1); ``{Question}`` is ``problem``."""
+
+VISIONTHINK_GENERAL_SYSTEM_PROMPT = (
+    "You FIRST think about the reasoning process as an internal monologue and then provide the final answer.\n"
+    "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put within "
+    "<answer> </answer> tags. For mathematical or multiple-choice problem, wrap the answer value or choice with "
+    "\\boxed{}."
+)
+"""VisionThink's ``GENERAL_QA_SYSTEM_PROMPT`` (the no-tool general track, papers.md §1.1)."""
+
+VLM_R3_PROMPT = (
+    "\nYou need to first think about the reasoning process in your mind, and then provide the answer. When thinking, "
+    'you should call the "crop" tool (format: {"bbox_2d": [x1, y1, x2, y2]}) to focus on the key areas in the '
+    "image. The reasoning process and the answer are included in the <think> </think> and <answer> </answer> tags "
+    "respectively."
+)
+"""VLM-R3's suffix to the question (``AgentVLMVLLM``, papers.md §2.1)."""
+
+DEEPEYES_USER_PROMPT = (
+    "\nThink first, call **image_zoom_in_tool** if needed, then answer. Format strictly as:  <think>...</think>  "
+    "<tool_call>...</tool_call> (if tools needed)  <answer>...</answer> "
+)
+"""DeepEyes' ``USER_PROMPT_V2`` (papers.md §4.1; the double and trailing spaces are the source's)."""
+
+MC_INSTRUCTION = "Answer with the option's letter from the given choices."
+IMAGE = "<image>"
+
+
+# --- errors and context ------------------------------------------------------------------------------------------
+
+
+class RowError(ValueError):
+    """One source record cannot become a row. ``field`` is the source field at fault (dotted for nested fields),
+    ``kind`` a short reason that ``visionr3 prepare`` counts in its summary (``image not found``, ``missing field``)."""
+
+    def __init__(self, field: str, message: str, kind: str):
+        super().__init__(f"field '{field}': {message}")
+        self.field = field
+        self.message = message
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a question becomes chat messages, and the agent loop (``agent_name``) those messages are written for."""
+
+    name: str
+    agent_name: str
+    build: Callable[[str, int], list[dict[str, str]]]  # (question text, number of images) -> messages
+
+    def messages(self, text: str, num_images: int) -> list[dict[str, str]]:
+        return self.build(text, num_images)
+
+
+def with_images(text: str, num_images: int, where: str = "front", sep: str = "\n") -> str:
+    """``text`` with ``num_images`` ``<image>`` placeholders put ``where`` (``front``/``back``), unless it already has
+    them (then it is returned as it is; :func:`check_placeholders` has checked their number)."""
+    if IMAGE in text or num_images == 0:
+        return text
+    placeholders = IMAGE * num_images
+    return placeholders + sep + text if where == "front" else text + sep + placeholders
+
+
+def _user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+STYLES: dict[str, PromptStyle] = {
+    style.name: style
+    for style in (
+        PromptStyle("zoom", "visionr3_agent", lambda q, n: _user(with_images(q, n) + DEEPEYES_USER_PROMPT)),
+        PromptStyle("vlm_r3", "visionr3_vlm_r3", lambda q, n: _user(with_images(q, n, sep="") + VLM_R3_PROMPT)),
+        PromptStyle(
+            "visionthink",
+            "visionr3_visionthink",
+            lambda q, n: _user(VISIONTHINK_TOOL_PROMPT.replace("{Question}", with_images(q, n))),
+        ),
+        PromptStyle(
+            "visionthink_general",
+            "single_turn_agent",
+            lambda q, n: [{"role": "system", "content": VISIONTHINK_GENERAL_SYSTEM_PROMPT}, *_user(with_images(q, n))],
+        ),
+        # Vision-SR1's jinja trims the content ({{ content | trim }}) and the format text starts with a space.
+        PromptStyle(
+            "vision_sr1", "visionr3_vision_sr1", lambda q, n: _user(with_images(q.strip(), n, "back", "") + SR1_FORMAT)
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a converter needs besides the record: where relative image paths start, how images are stored, the
+    prompt style and agent loop of every row, and the ``--data-source`` override (``None``: the source's own label,
+    else the format's or benchmark's name)."""
+
+    image_root: Path
+    style: PromptStyle
+    agent_name: str
+    keep_paths: bool = False
+    data_source: str | None = None
+    benchmark: str | None = None  # eval sets: the name stored in extra_info.benchmark (default: the format's)
+
+
+# --- field access ------------------------------------------------------------------------------------------------
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))  # pandas/CSV readers give NaN
+
+
+def field(record: Mapping[str, Any], name: str) -> Any:
+    """``record[name]``; a dotted name walks nested dicts (``extra_info.question``). Missing or null raises."""
+    value: Any = record
+    for i, part in enumerate(name.split(".")):
+        if not isinstance(value, Mapping):
+            parent = ".".join(name.split(".")[:i])
+            raise RowError(parent, f"expected an object, got {type(value).__name__}", "wrong type")
+        if part not in value or _missing(value[part]):
+            raise RowError(name, "missing", "missing field")
+        value = value[part]
+    return value
+
+
+def optional(record: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    try:
+        return field(record, name)
+    except RowError as exc:
+        if exc.kind == "missing field":
+            return default
+        raise
+
+
+def text(record: Mapping[str, Any], name: str) -> str:
+    """A required non-empty string field."""
+    value = field(record, name)
+    if not isinstance(value, str):
+        raise RowError(name, f"expected text, got {type(value).__name__}", "wrong type")
+    if not value.strip():
+        raise RowError(name, "empty", "empty field")
+    return value
+
+
+def optional_text(record: Mapping[str, Any], name: str, default: str = "") -> str:
+    """An optional scalar field as text ("" when absent); numbers (ids) are written as text."""
+    value = optional(record, name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RowError(name, f"expected text, got {type(value).__name__}", "wrong type")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip() or default
+
+
+def answer(record: Mapping[str, Any], name: str) -> str:
+    """The ground truth as the reward reads it: text, with a VLM-R3 ``<answer>…</answer>`` wrapper removed and a
+    list of alternatives joined with ``/`` (VLM-R3's convention, which the grader splits again)."""
+    value = field(record, name)
+    if isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise RowError(name, "expected text or a non-empty list of texts", "wrong type")
+        value = "/".join(v.strip() for v in value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    elif not isinstance(value, str):
+        raise RowError(name, f"expected text, got {type(value).__name__}", "wrong type")
+    match = re.fullmatch(r"\s*<answer>(.*)</answer>\s*", value, re.DOTALL)
+    value = (match.group(1) if match else value).strip()
+    if not value:
+        raise RowError(name, "empty answer", "empty answer")
+    return value
+
+
+def check_placeholders(question: str, num_images: int, name: str) -> None:
+    """A question with ``<image>`` placeholders must have one per image (verl's dataset asserts it much later)."""
+    count = question.count(IMAGE)
+    if count and count != num_images:
+        message = f"has {count} {IMAGE} placeholder(s) but the row has {num_images} image(s)"
+        raise RowError(name, message, "placeholder mismatch")
+
+
+def bare_question(question: str) -> str:
+    """The question without image placeholders: what a judge and Vision-SR1's text-only pass read."""
+    return question.replace(IMAGE, " ").strip()
+
+
+# --- images ------------------------------------------------------------------------------------------------------
+
+MAX_ASPECT_RATIO = 200  # Qwen's smart_resize rejects longer images (visionr3.tools.geometry.MAX_ASPECT_RATIO)
+
+
+def _decode(data: bytes, name: str, where: str) -> tuple[int, int]:
+    """Decode fully (a truncated file fails here, not in training) and return ``(width, height)``."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise RowError(name, f"cannot decode image{where} ({type(exc).__name__}: {exc})", "image unreadable") from None
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        message = f"image{where} is {width}x{height}: aspect ratio above {MAX_ASPECT_RATIO}"
+        raise RowError(name, message, "bad image size")
+    return width, height
+
+
+def _resolve(reference: str, root: Path) -> Path:
+    reference = reference[7:] if reference.startswith("file://") else reference
+    path = Path(os.path.expanduser(reference))
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+def image_entry(value: Any, name: str, ctx: Context, *, resized: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One entry of a row's ``images`` from a source image reference, read and decoded to check it.
+
+    ``value``: a path (relative to ``ctx.image_root``), raw bytes, or a Hugging Face image dict (``bytes``/``path``).
+    Returns ``{"bytes": ..., "path": None}``, or ``{"image": "/abs/path"}`` with ``ctx.keep_paths``; ``resized``
+    ``(width, height)`` adds ``resized_width``/``resized_height`` (the size the dataset renders it at).
+    """
+    data, path = None, None
+    if isinstance(value, Mapping):
+        if value.get("bytes") is not None:
+            data = value["bytes"]
+        elif isinstance(value.get("path"), str) and value["path"]:
+            value = value["path"]
+        else:
+            raise RowError(name, "image dict has neither bytes nor a path", "missing field")
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        if not value.strip():
+            raise RowError(name, "empty image path", "empty field")
+        path = _resolve(value, ctx.image_root)
+        if not path.is_file():
+            raise RowError(name, f"file not found: {path}", "image not found")
+        data = path.read_bytes()
+    elif data is None:
+        raise RowError(name, f"expected an image path, bytes or image dict, got {type(value).__name__}", "wrong type")
+    _decode(data, name, f" {path}" if path else "")
+    if ctx.keep_paths:
+        if path is None:
+            message = "--keep-paths needs an image file path; this source stores the image itself"
+            raise RowError(name, message, "no image path")
+        entry: dict[str, Any] = {"image": str(path)}
+    else:
+        entry = {"bytes": data, "path": None}
+    if resized is not None:
+        entry["resized_width"], entry["resized_height"] = resized
+    return entry
+
+
+def image_list(record: Mapping[str, Any], name: str, ctx: Context, *, allow_empty: bool = False) -> list[dict]:
+    """A record's list of images (a single image is accepted as a list of one)."""
+    value = optional(record, name, [])
+    if isinstance(value, (str, bytes, Mapping)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise RowError(name, f"expected a list of images, got {type(value).__name__}", "wrong type")
+    if not value and not allow_empty:
+        raise RowError(name, "no image", "missing field")
+    return [image_entry(item, f"{name}[{i}]" if len(value) > 1 else name, ctx) for i, item in enumerate(value)]
+
+
+def base64_image(record: Mapping[str, Any], name: str, ctx: Context) -> dict[str, Any]:
+    """An image stored as base64 text (HR-Bench's TSV, VLMEvalKit style)."""
+    value = field(record, name)
+    if isinstance(value, Mapping):  # the Hugging Face parquet release stores an image dict
+        return image_entry(value, name, ctx)
+    if not isinstance(value, str):
+        raise RowError(name, f"expected base64 text, got {type(value).__name__}", "wrong type")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RowError(name, f"not valid base64 ({exc})", "image unreadable") from None
+    return image_entry(data, name, ctx)
+
+
+# --- multiple choice ---------------------------------------------------------------------------------------------
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def mc_question(question: str, options: Sequence[str]) -> str:
+    """The question with its options, one per line as ``A. text`` (the documented multiple-choice form)."""
+    return "\n".join([question.strip(), *(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))])
+
+
+def mc_prompt(question: str, options: Sequence[str]) -> str:
+    """:func:`mc_question` plus the answer instruction: the text the prompt style wraps."""
+    return f"{mc_question(question, options)}\n{MC_INSTRUCTION}"
+
+
+def check_options(options: Any, name: str) -> list[str]:
+    """2–26 non-empty option texts, stripped."""
+    if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options):
+        raise RowError(name, "expected a list of option texts", "bad options")
+    options = [o.strip() for o in options]
+    if not 2 <= len(options) <= len(LETTERS):
+        raise RowError(name, f"expected 2 to {len(LETTERS)} options, got {len(options)}", "bad options")
+    empty = [LETTERS[i] for i, o in enumerate(options) if not o]
+    if empty:
+        raise RowError(name, f"option {', '.join(empty)} is empty", "bad options")
+    return options
+
+
+def answer_letter(value: Any, num_options: int, name: str) -> str:
+    """``"B"``, ``"b"``, ``"(B)"``, ``"(b)"``, ``"B."`` -> ``"B"``, which must name one of the options."""
+    if not isinstance(value, str):
+        raise RowError(name, f"expected an option letter, got {type(value).__name__}", "wrong type")
+    match = re.fullmatch(r"\s*\(?\s*([A-Za-z])\s*\)?\.?\s*", value)
+    if not match:
+        raise RowError(name, f"expected an option letter like 'B' or '(B)', got {value!r}", "bad answer")
+    letter = match.group(1).upper()
+    if LETTERS.index(letter) >= num_options:
+        raise RowError(name, f"answer {letter} but only options A-{LETTERS[num_options - 1]} exist", "bad answer")
+    return letter
+
+
+_OPTION_LINE = re.compile(r"\s*\(([A-Z])\)\s*(.*?)\s*")
+
+
+def split_option_lines(prompt: str, name: str) -> tuple[str, list[str]]:
+    """``"Q?\\n(A) x\\n(B) y\\nAnswer with ..."`` -> ``("Q?", ["x", "y"])`` (V*, CV-Bench). Lines after the options
+    (the source's answer instruction) are dropped; the letters must run A, B, C, ... without gaps."""
+    lines = prompt.strip().splitlines()
+    first = next((i for i, line in enumerate(lines) if _OPTION_LINE.fullmatch(line)), None)
+    if first is None:
+        raise RowError(name, "no option lines like '(A) ...' found", "bad options")
+    options = []
+    for line in lines[first:]:
+        match = _OPTION_LINE.fullmatch(line)
+        if not match:
+            break
+        if match.group(1) != LETTERS[len(options)]:
+            message = f"option ({match.group(1)}) out of order, expected ({LETTERS[len(options)]})"
+            raise RowError(name, message, "bad options")
+        options.append(match.group(2))
+    question = "\n".join(lines[:first]).strip()
+    if not question:
+        raise RowError(name, "no question before the options", "empty field")
+    return question, check_options(options, name)
+
+
+_INLINE_OPTION = re.compile(r"\(([A-Za-z])\)\s*")
+
+
+def split_inline_options(text_: str, name: str) -> list[str]:
+    """``"(a) Open (b) Closed"`` -> ``["Open", "Closed"]`` (MMVP)."""
+    parts = _INLINE_OPTION.split(text_.strip())
+    if parts[0].strip() or len(parts) < 3:
+        raise RowError(name, f"expected options like '(a) x (b) y', got {text_!r}", "bad options")
+    letters, options = parts[1::2], parts[2::2]
+    for i, letter in enumerate(letters):
+        if letter.upper() != LETTERS[i]:
+            raise RowError(name, f"option ({letter}) out of order, expected ({LETTERS[i].lower()})", "bad options")
+    return check_options(options, name)
+
+
+class MultipleChoiceInfo(TypedDict):
+    """``extra_info`` of an evaluation row: what a scorer and a shuffling evaluator need, options in source order."""
+
+    index: int  # position of the record in the source file
+    benchmark: str  # vstar, mmvp, cvbench, hrbench_4k, ...
+    source_id: str  # the benchmark's own id ("" when it has none)
+    question: str  # mc_question(question_stem, options): what a judge or Vision-SR1's text-only pass reads
+    question_stem: str  # the question without options
+    options: list[str]  # option texts, A first
+    answer: str  # the correct letter (also the ground truth)
+    answer_text: str  # the correct option's text
+    category: str  # the benchmark's category ("" when it has none)
+    prompt_style: str  # the PromptStyle the prompt was written with
+
+
+def mc_row(
+    ctx: Context,
+    *,
+    index: int,
+    benchmark: str,
+    source_id: str,
+    question: str,
+    options: list[str],
+    letter: str,
+    image: dict[str, Any],
+    category: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> VisionRow:
+    """A multiple-choice evaluation row (one image; options in source order; ground truth = the letter)."""
+    question = question.strip()
+    info: dict[str, Any] = MultipleChoiceInfo(
+        index=index,
+        benchmark=ctx.benchmark or benchmark,
+        source_id=source_id,
+        question=mc_question(question, options),
+        question_stem=question,
+        options=options,
+        answer=letter,
+        answer_text=options[LETTERS.index(letter)],
+        category=category,
+        prompt_style=ctx.style.name,
+    )
+    info.update(extra or {})
+    return VisionRow(
+        data_source=ctx.data_source or ctx.benchmark or benchmark,
+        agent_name=ctx.agent_name,
+        prompt=ctx.style.messages(mc_prompt(question, options), 1),
+        images=[image],
+        reward_model={"style": "rule", "ground_truth": letter},
+        extra_info=info,
+    )
+
+
+def _row(
+    ctx: Context, default_source: str, question: str, images: list[dict], ground_truth: str, info: dict
+) -> VisionRow:
+    return VisionRow(
+        data_source=ctx.data_source or default_source,
+        agent_name=ctx.agent_name,
+        prompt=ctx.style.messages(question, len(images)),
+        images=images,
+        reward_model={"style": "rule", "ground_truth": ground_truth},
+        extra_info={**info, "question": bare_question(question), "prompt_style": ctx.style.name},
+    )
+
+
+# --- training sets -----------------------------------------------------------------------------------------------
+
+
+def visionthink_general(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """VisionThink's data (``datasets.load_from_disk``, papers.md §1.6): ``problem`` (with ``<image>``), ``images``,
+    ``original_answer`` (the ground truth), ``doc_id``, ``data_source`` (kept: VisionThink routes rewards by it)."""
+    problem = text(record, "problem")
+    images = image_list(record, "images", ctx)
+    check_placeholders(problem, len(images), "problem")
+    info = {"index": index, "doc_id": optional_text(record, "doc_id")}
+    ground_truth = answer(record, "original_answer")
+    return _row(ctx, optional_text(record, "data_source", "visionthink"), problem, images, ground_truth, info)
+
+
+def visionthink_smart(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """VisionThink's Smart set: the General fields plus ``info{tgt_width, tgt_height, use_tool}``.
+
+    VisionThink shows the Smart image at ``(tgt_width, tgt_height)`` and hands back the raw image rendered at twice
+    that on a resize call (papers.md §1.2). Here the image keeps its original bytes and asks the dataset for
+    ``resized_* = 2 × tgt`` (qwen-vl-utils' per-image size, which wins over ``data.max_pixels``); the
+    ``visionr3_visionthink`` loop halves that view (``low_res_factor: 0.5``), so the policy sees ``tgt``, and its
+    resize tool re-renders the original at the pre-halving size, ``2 × tgt``. One file, no second copy of the image,
+    and the loop's existing entry — a pre-resized prompt image would be halved again and re-rendered only at ``tgt``.
+    """
+    problem = text(record, "problem")
+    sizes = []
+    for side in ("tgt_width", "tgt_height"):
+        value = field(record, f"info.{side}")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RowError(f"info.{side}", f"expected an integer, got {type(value).__name__}", "wrong type")
+        if value < 28:  # VisionThink asserts both sides >= 28 (one vision token)
+            raise RowError(f"info.{side}", f"{value} is below 28 pixels", "bad image size")
+        sizes.append(value)
+    use_tool = optional(record, "info.use_tool")
+    if use_tool is not None and not isinstance(use_tool, bool):
+        raise RowError("info.use_tool", f"expected true/false, got {type(use_tool).__name__}", "wrong type")
+    raw = optional(record, "images", [])
+    raw = [raw] if isinstance(raw, (str, bytes, Mapping)) else raw
+    if not isinstance(raw, (list, tuple)) or len(raw) != 1:
+        count = len(raw) if isinstance(raw, (list, tuple)) else type(raw).__name__
+        raise RowError("images", f"a Smart row with a target size has exactly one image, got {count}", "wrong type")
+    images = [image_entry(raw[0], "images", ctx, resized=(2 * sizes[0], 2 * sizes[1]))]
+    check_placeholders(problem, 1, "problem")
+    info = {
+        "index": index,
+        "doc_id": optional_text(record, "doc_id"),
+        "tgt_width": sizes[0],
+        "tgt_height": sizes[1],
+        "use_tool": use_tool is True,  # VisionThink's label: the high-resolution image is needed
+    }
+    ground_truth = answer(record, "original_answer")
+    return _row(ctx, optional_text(record, "data_source", "visionthink"), problem, images, ground_truth, info)
+
+
+def vlm_r3(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """VLM-R3's RL json (papers.md §2.4): ``{image_path, question, answer, source}``; the answer's
+    ``<answer></answer>`` wrapper is removed; ``source`` (VLM-R3 routes its accuracy check by it) is the data
+    source."""
+    question = text(record, "question")
+    images = [image_entry(text(record, "image_path"), "image_path", ctx)]
+    check_placeholders(question, 1, "question")
+    source = optional_text(record, "source", "vlm_r3")
+    info = {"index": index, "source": source, "image_path": str(record["image_path"])}
+    return _row(ctx, source, question, images, answer(record, "answer"), info)
+
+
+def vision_sr1(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """Vision-SR1's EasyR1-style sets (``LMMs-Lab-Turtle/Vision-SR1-47K``, ``zli12321/mmstar``; papers.md §3.3):
+    ``images``, ``problem`` (with ``<image>``), ``answer``."""
+    problem = text(record, "problem")
+    images = image_list(record, "images", ctx)
+    check_placeholders(problem, len(images), "problem")
+    info = {"index": index}
+    ground_truth = answer(record, "answer")
+    return _row(ctx, optional_text(record, "data_source", "vision_sr1"), problem, images, ground_truth, info)
+
+
+def deepeyes(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """DeepEyes' verl parquet (``ChenShawn/DeepEyes-Datasets-47k``, papers.md §4.4): ``extra_info.question``,
+    ``reward_model.ground_truth``, ``images``, ``data_source`` (kept: DeepEyes routes rewards by it), ``env_name``.
+
+    The prompt is rebuilt from the question (their ``prompt`` column carries their system prompt, whose tool block our
+    chat template renders from the tool YAML). Text-only rows (``data_thinklite_reasoning_acc``, empty ``env_name``)
+    are kept without an image, as DeepEyes trains on them.
+    """
+    question = text(record, "extra_info.question")
+    ground_truth = answer(record, "reward_model.ground_truth")
+    images = image_list(record, "images", ctx, allow_empty=True)
+    check_placeholders(question, len(images), "extra_info.question")
+    info = {
+        "index": index,
+        "source_index": optional_text(record, "extra_info.index"),
+        "env_name": optional_text(record, "env_name"),
+    }
+    return _row(ctx, optional_text(record, "data_source", "deepeyes"), question, images, ground_truth, info)
+
+
+# --- evaluation sets ---------------------------------------------------------------------------------------------
+
+
+def vstar(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """V* Bench ``test_questions.jsonl`` (papers.md §2.4): ``image`` (relative to the bench folder), ``text``
+    (question, ``(A) …`` option lines, answer instruction), ``label`` (letter), ``category``."""
+    question, options = split_option_lines(text(record, "text"), "text")
+    letter = answer_letter(field(record, "label"), len(options), "label")
+    image_path = text(record, "image")
+    source_id = optional_text(record, "question_id") or Path(image_path).stem
+    return mc_row(
+        ctx, index=index, benchmark="vstar", source_id=source_id, question=question, options=options, letter=letter,
+        image=image_entry(image_path, "image", ctx), category=optional_text(record, "category"),
+    )
+
+
+def mmvp(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """MMVP ``Questions.csv`` (papers.md §2.4): ``Index``, ``Question``, ``Options`` (``"(a) Open (b) Closed"``),
+    ``Correct Answer`` (``"(a)"``); the image is ``MMVP Images/<Index>.jpg`` under the image root (or
+    ``<Index>.jpg`` when the root is that folder). MMVP scores *pairs* of consecutive questions, so ``pair_id`` =
+    ``(Index - 1) // 2`` is kept."""
+    question = text(record, "Question")
+    options = split_inline_options(text(record, "Options"), "Options")
+    letter = answer_letter(field(record, "Correct Answer"), len(options), "Correct Answer")
+    number = optional_text(record, "Index") or str(index + 1)  # VLM-R3's loader numbers images by row
+    if not number.isdigit():
+        raise RowError("Index", f"expected a number, got {number!r}", "wrong type")
+    folder = ctx.image_root / "MMVP Images"
+    image = image_entry(str((folder if folder.is_dir() else ctx.image_root) / f"{number}.jpg"), "Index", ctx)
+    return mc_row(
+        ctx, index=index, benchmark="mmvp", source_id=number, question=question, options=options, letter=letter,
+        image=image, extra={"pair_id": (int(number) - 1) // 2},
+    )
+
+
+def cvbench(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """CV-Bench ``test_2d.jsonl``/``test_3d.jsonl`` (papers.md §2.4): ``prompt`` (question and ``(A) …`` lines),
+    ``filename``, ``answer`` (``"(C)"``); ``choices``/``question`` are used when present. ``type`` (2D/3D), ``task``
+    and ``source`` (ADE20K/COCO/Omni3D, CV-Bench averages per source) are kept."""
+    stem, options = split_option_lines(text(record, "prompt"), "prompt")
+    choices = optional(record, "choices")
+    if choices is not None:  # the structured options win over the parsed lines (numbers in Count are written as text)
+        if isinstance(choices, (list, tuple)):
+            choices = [str(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else c for c in choices]
+        options = check_options(choices, "choices")
+    question = optional_text(record, "question") or stem
+    letter = answer_letter(field(record, "answer"), len(options), "answer")
+    return mc_row(
+        ctx, index=index, benchmark="cvbench", source_id=optional_text(record, "idx"), question=question,
+        options=options, letter=letter, image=image_entry(text(record, "filename"), "filename", ctx),
+        category=optional_text(record, "task"),
+        extra={"type": optional_text(record, "type"), "source_dataset": optional_text(record, "source")},
+    )
+
+
+def hrbench(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """HR-Bench's TSV (``hr_bench_4k.tsv``/``hr_bench_8k.tsv``, VLMEvalKit style, as lmms-eval's ``hrbench`` task
+    reads it): ``index``, ``question``, ``answer`` (letter), options ``A``–``D``, ``category`` (single/cross),
+    ``cycle_category`` (HR-Bench averages per cycle), ``image`` (base64)."""
+    options = []
+    for letter in LETTERS:
+        value = optional(record, letter)
+        if value is None or (isinstance(value, str) and not value.strip() and letter not in "AB"):
+            break
+        options.append(str(value) if isinstance(value, (int, float)) else value)
+    options = check_options(options, "A")
+    return mc_row(
+        ctx, index=index, benchmark="hrbench", source_id=optional_text(record, "index"),
+        question=text(record, "question"), options=options,
+        letter=answer_letter(field(record, "answer"), len(options), "answer"),
+        image=base64_image(record, "image", ctx), category=optional_text(record, "category"),
+        extra={"cycle_category": optional_text(record, "cycle_category")},
+    )
+
+
+def validate_row(row: VisionRow) -> None:
+    """The invariants every written row keeps, whatever its format (verl asserts some of them much later)."""
+    placeholders = sum(str(m.get("content", "")).count(IMAGE) for m in row["prompt"])
+    if placeholders != len(row["images"]):
+        message = f"{placeholders} {IMAGE} placeholder(s) for {len(row['images'])} image(s)"
+        raise RowError("prompt", message, "placeholder mismatch")
+    if not any(m.get("role") == "user" for m in row["prompt"]):
+        raise RowError("prompt", "no user turn", "missing field")
+    if not str(row["reward_model"].get("ground_truth", "")).strip():
+        raise RowError("answer", "empty answer", "empty answer")
