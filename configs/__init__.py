@@ -47,3 +47,25 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "visionr3.template", lambda name: config_path("chat_templates", str(name)).read_text(encoding="utf-8")
         )
+
+
+def run_hydra(prog: str, config_dir, config_name: str, argv: list[str], task) -> None:
+    """Run ``task(config)`` under ``@hydra.main`` with ``argv`` as Hydra's command line (overrides, ``--cfg job``, ...).
+
+    ``visionr3 train`` and ``visionr3 sft`` are Hydra apps behind our own CLI: Hydra reads ``sys.argv``, so it is
+    swapped for the duration of the call and restored after, whatever happens.
+    """
+    import sys
+
+    import hydra
+
+    @hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)
+    def _entry(config) -> None:
+        task(config)
+
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        _entry()
+    finally:
+        sys.argv = saved

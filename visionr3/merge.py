@@ -111,7 +111,9 @@ def resolve_actor_dir(path: str | os.PathLike) -> tuple[Path, str]:
     """The ``global_step_N/actor`` folder that ``path`` names, and how it was found.
 
     Accepts the trainer's checkpoint root (verl's ``latest_checkpointed_iteration.txt`` names the step), a
-    ``global_step_N`` folder, or the ``actor`` folder itself (recognised by its ``fsdp_config.json``).
+    ``global_step_N`` folder, or the ``actor`` folder itself (recognised by its ``fsdp_config.json``). verl's SFT
+    trainer (``visionr3 sft``) saves the model straight into ``global_step_N/``, with no ``actor/``: a step folder
+    holding ``fsdp_config.json`` is taken as is.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -144,6 +146,8 @@ def resolve_actor_dir(path: str | os.PathLike) -> tuple[Path, str]:
         raise MergeError(f"{tracker} names step {int(text)}, but {step_dir} does not exist")
     actor = step_dir / "actor"
     if not actor.is_dir():
+        if (step_dir / FSDP_CONFIG).is_file():  # an SFT checkpoint
+            return step_dir, f"latest step {int(text)} ({TRACKER_FILE}), SFT layout"
         raise MergeError(f"no actor/ checkpoint in {step_dir} (expected {actor})")
     return actor, f"latest step {int(text)} ({TRACKER_FILE})"
 

@@ -83,6 +83,7 @@ def load() -> None:
     from visionr3 import verl_fixes
 
     after_import("verl.utils.tensordict_utils", verl_fixes.install)
+    after_import("verl.models.transformers.qwen2_vl", verl_fixes.install_text_only_fix)
 
 
 load()

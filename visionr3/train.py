@@ -15,8 +15,6 @@ every process through verl's ``verl.plugins`` entry point.
 
 from __future__ import annotations
 
-import sys
-
 
 def run(config) -> None:
     """Run verl's trainer on a composed config (what ``verl.trainer.main_ppo.main`` does with its config)."""
@@ -65,10 +63,8 @@ def main(argv: list[str]) -> int:
     ``--recipe NAME`` makes ``recipes/NAME/`` the primary config directory and ``config`` its default config, so
     ``--config-name cpu`` then picks the recipe's CPU variant; Hydra's own ``--config-path`` still wins if given.
     """
-    import hydra
-
     import visionr3.plugin  # noqa: F401  (resolvers and registrations in this process too)
-    from visionr3.configs import config_path
+    from visionr3.configs import config_path, run_hydra
 
     recipe, argv = recipe_arguments(argv)
     directory, default_name = config_path(), "visionr3_trainer"
@@ -81,14 +77,5 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"visionr3 train: {exc}") from None
         argv = with_override(argv, RECIPE_SEARCHPATH)
 
-    @hydra.main(config_path=str(directory), config_name=default_name, version_base=None)
-    def _entry(config) -> None:
-        run(config)
-
-    saved = sys.argv
-    sys.argv = ["visionr3 train", *argv]
-    try:
-        _entry()
-    finally:
-        sys.argv = saved
+    run_hydra("visionr3 train", directory, default_name, argv, run)
     return 0

@@ -1,5 +1,13 @@
-"""One correction to verl 0.9.1, applied in every verl process by :mod:`visionr3.plugin`: equal-length multimodal
-rollouts crash ``update_actor``.
+"""Two corrections to verl 0.9.1, applied in every verl process by :mod:`visionr3.plugin`, each right after the verl
+module it corrects is imported. Each wraps one verl function, recognises exactly the failing case, and leaves every
+other call to verl; remove each when verl fixes it.
+
+1. :func:`install` — equal-length multimodal rollouts crash ``update_actor`` (below).
+2. :func:`install_text_only_fix` — a Qwen2.5-VL micro-batch without images crashes under transformers 5 (RL on
+   DeepEyes' text-only rows, a third of Vision-SR1's cold-start SFT).
+
+Equal-length rollouts
+---------------------
 
 **The bug.** Qwen-VL rows carry 3-D rotary ``position_ids`` of shape ``(4, L_i)`` per sample (text + t/h/w). The
 TransferQueue storage packs a field's per-sample tensors with ``torch.nested.as_nested_tensor(..., layout=jagged)``.
@@ -15,7 +23,7 @@ sum is the values' first dimension) and rebuilds the rows as the ``(4, L)`` nest
 expects, then runs verl's own function. It replaces ``verl.utils.tensordict_utils.maybe_fix_3d_position_ids`` right
 after that module is imported, before ``verl.workers.engine_workers`` / ``verl.workers.engine.base`` import it by name.
 Any other tensor goes through verl's function untouched. tests/test_verl_fixes.py reproduces the crash with verl's own
-functions and shows the fix; NOTE.md "Known problem" has the history. Remove this module when verl fixes the packing.
+functions and shows the fix; NOTE.md has the history.
 """
 
 from __future__ import annotations
@@ -62,3 +70,39 @@ def install(tensordict_utils: ModuleType) -> None:
     fix_3d_position_ids.__wrapped__ = original
     fix_3d_position_ids.__doc__ = (original.__doc__ or "") + "\n(visionr3: also repairs equal-length rows; visionr3.verl_fixes)"
     tensordict_utils.maybe_fix_3d_position_ids = fix_3d_position_ids
+
+
+def install_text_only_fix(qwen2_vl: ModuleType) -> None:
+    """Let Qwen2-VL / Qwen2.5-VL train on micro-batches without images under transformers 5 (idempotent).
+
+    verl 0.9.1's ``verl/models/transformers/qwen2_vl.py`` (``_get_input_embeds``, lines 388-394) runs the vision tower
+    on a dummy image when a micro-batch has no image, so every rank's vision parameters join the backward pass, and
+    adds ``0.0 * image_embeds.mean()``. Under transformers 5 the tower returns a ``BaseModelOutputWithPooling``, which
+    has no ``mean`` (``AttributeError``); verl unpacks it everywhere else (``unpack_visual_output``, as its own
+    ``qwen3_vl.py`` does in the same branch). The wrapper makes the tower return the unpacked embeddings for exactly
+    that call, and leaves every other call to verl's function. Found by the cold-start SFT tests (tests/sft/).
+    """
+    from verl.utils.transformers_compat import unpack_visual_output
+
+    original = qwen2_vl._get_input_embeds
+    if getattr(original, "__visionr3_fix__", False):
+        return
+
+    def _get_input_embeds(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None, *rest):
+        if pixel_values is not None or pixel_values_videos is not None:
+            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos, *rest)
+        visual = model.visual
+        own = visual.__dict__.get("forward")
+        tower = visual.forward
+        visual.forward = lambda *args, **kwargs: unpack_visual_output(tower(*args, **kwargs))[0]
+        try:
+            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos, *rest)
+        finally:
+            if own is None:
+                del visual.forward
+            else:
+                visual.forward = own
+
+    _get_input_embeds.__visionr3_fix__ = True
+    _get_input_embeds.__wrapped__ = original
+    qwen2_vl._get_input_embeds = _get_input_embeds

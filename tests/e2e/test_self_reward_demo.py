@@ -9,6 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The default run covers the same trainer path (visionr3_vision_sr1, self-reward pass, decoupled advantages) through
+# the vision_sr1 recipe's CPU variant (tests/e2e/test_recipes_cpu.py); this one adds the demo command around it.
+pytestmark = pytest.mark.slow
+
 
 def test_self_reward_demo_logs_the_visual_reward(tmp_path):
     script = Path(sys.executable).with_name("visionr3")
