@@ -1,10 +1,9 @@
 """The CPU demo end to end: warm-up, verl's real GRPO trainer (CPU platform, HF rollout, visionr3_agent + crop tool,
 rule reward), checkpoint, verl's model_merger, reload. Small: 2 GRPO steps of 2 prompts x 8 rollouts (16 trajectories per
-step, so a few valid crops are all but certain), about 3-4 minutes on 2 cores with the warm-up cached."""
+step, so a few valid crops are all but certain), about 3-4 minutes on 2 cores with the warm-up cached; it runs next to
+the recipes' CPU steps (tests/e2e/conftest.py)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,11 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cpu_demo")
-    script = Path(sys.executable).with_name("visionr3")
-    result = subprocess.run(
-        [str(script), "demo", "--output-dir", str(out), "--steps", "2", "--n", "8"],
-        capture_output=True, text=True, timeout=1200,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return out, result.stdout, json.loads((out / "summary.json").read_text())
+def demo(e2e_runs):
+    """`visionr3 demo --steps 2 --n 8`, run by tests/e2e/conftest.py alongside the recipes' CPU steps."""
+    run = e2e_runs["demo"]
+    run.check()
+    return run.directory, run.log.read_text(), json.loads((run.directory / "summary.json").read_text())
 
 
 def test_trainer_steps_and_metrics(demo):
