@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,12 @@ import pytest
 
 from visionr3 import jobs
 from visionr3.cli import main as cli_main
+from visionr3.platform import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "VISIONR3_TEST_RAY_HEAD"
 FORGET = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _marked_pids(marker: str) -> list[int]:
@@ -90,12 +85,12 @@ def ray_head():
         **base, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
         "OPENAI_API_KEY": secret, MARKER: str(temp_dir), "RAY_USAGE_STATS_ENABLED": "0",
     }
-    dashboard = _free_port()
+    dashboard = free_port()
     ports = {
-        "--port": _free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": _free_port(),
-        "--dashboard-agent-listen-port": _free_port(), "--dashboard-agent-grpc-port": _free_port(),
-        "--metrics-export-port": _free_port(), "--runtime-env-agent-port": _free_port(),
-        "--node-manager-port": _free_port(), "--object-manager-port": _free_port(),
+        "--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": free_port(), "--object-manager-port": free_port(),
     }
     command = [
         str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
@@ -338,6 +333,6 @@ def test_require_env_prints_a_fingerprint_or_the_fix(capsys):
 
 
 def test_unreachable_cluster_is_a_clear_error(capsys):
-    port = _free_port()
+    port = free_port()
     assert cli_main(["job", "list", "--address", f"http://127.0.0.1:{port}"]) == 2
     assert f"cannot use the Ray job API at http://127.0.0.1:{port}" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from visionr3.merge import MergeError, merge_checkpoint, resolve_actor_dir, resolve_chat_template
+from visionr3.platform import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,13 +66,6 @@ _SCRUBBED = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES", "VERL_ENGINE_DEVICE",
              "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
@@ -88,7 +82,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env.update(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_MODULES="visionr3.plugin", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+               MASTER_PORT=str(free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     ranks = [
         subprocess.Popen(
             [sys.executable, "-c", SAVE_CHECKPOINTS, json.dumps(specs)], cwd=REPO, text=True,

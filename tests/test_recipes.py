@@ -5,8 +5,10 @@ compose. The CPU variants are composed here too; tests/e2e/test_recipes_cpu.py r
 import pytest
 from omegaconf import OmegaConf
 
-from visionr3.configs import config_path, register_resolvers
+from visionr3.configs import config_path
 from visionr3.recipes import RECIPE_SEARCHPATH, RECIPES, recipe_dir
+from visionr3.testing.configs import compose as compose_config
+from visionr3.testing.configs import validate
 
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # only composed, never loaded
 CLUSTERS = {"a100_1x8": 8, "a100_2x8": 16, "a100_4x8": 32}
@@ -16,23 +18,7 @@ API = ["visionr3.reward.judge.base_url=https://judge.example/v1", "visionr3.rewa
 
 
 def compose(recipe: str, overrides: list[str], name: str = "config"):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(recipe_dir(recipe)), version_base=None):
-        return hydra_compose(config_name=name, overrides=[*overrides, RECIPE_SEARCHPATH])
-
-
-def validate(config):
-    """verl's own checks, as `visionr3 train` runs them before starting Ray."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import omega_conf_to_dataclass, validate_config
-
-    OmegaConf.resolve(config)
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    omega_conf_to_dataclass(config.actor_rollout_ref.rollout)  # RolloutConfig's __post_init__ checks
-    return config
+    return compose_config(recipe_dir(recipe), name, [*overrides, RECIPE_SEARCHPATH])
 
 
 def test_every_recipe_has_its_files():

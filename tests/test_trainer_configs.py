@@ -4,29 +4,16 @@ import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
 
-from visionr3.configs import config_path, register_resolvers
+from visionr3.configs import config_path
+from visionr3.testing.configs import compose as compose_config
+from visionr3.testing.configs import validate
 
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # only composed, never loaded
 
 
 def compose(name, overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_path()), version_base=None):
-        return hydra_compose(config_name=name, overrides=overrides)
-
-
-def validate(config):
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-
-    OmegaConf.resolve(config)
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    return config
+    return compose_config(config_path(), name, overrides)
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from visionr3.platform import free_port
 
 DEFAULT_CONFIG = "sft_trainer"
 
@@ -75,18 +76,12 @@ def launch_torchrun(config_name: str, hydra_args: list[str], nproc_per_node: int
     return subprocess.call(command)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def single_process_env() -> dict[str, str]:
     """torchrun's environment for a world of one process (only the variables that are not set already)."""
     defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
     env = {k: v for k, v in defaults.items() if k not in os.environ}
     if "MASTER_PORT" not in os.environ:
-        env["MASTER_PORT"] = str(_free_port())
+        env["MASTER_PORT"] = str(free_port())
     return env
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from visionr3.platform import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 # Variables that would change platform selection or engine lookup if inherited from the developer's shell.
 _SCRUBBED = ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES", "VERL_USE_EXTERNAL_PLUGINS", "VERL_ENGINE_DEVICE",
@@ -37,13 +39,6 @@ def run_script(code: str, *, timeout: float = 180, **env: str | None) -> dict:
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 AUTO_SELECTED_EVERYWHERE = """

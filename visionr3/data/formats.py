@@ -59,6 +59,7 @@ from typing import Any, TypedDict
 from PIL import Image
 
 from visionr3.data.synthetic import SR1_FORMAT, VisionRow
+from visionr3.tools.geometry import MAX_ASPECT_RATIO  # Qwen's smart_resize rejects longer images
 
 # --- the papers' prompt texts (papers.md) ------------------------------------------------------------------------
 
@@ -259,7 +260,6 @@ def bare_question(question: str) -> str:
 
 # --- images ------------------------------------------------------------------------------------------------------
 
-MAX_ASPECT_RATIO = 200  # Qwen's smart_resize rejects longer images (visionr3.tools.geometry.MAX_ASPECT_RATIO)
 
 
 def _decode(data: bytes, name: str, where: str) -> tuple[int, int]:

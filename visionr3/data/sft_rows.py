@@ -31,7 +31,6 @@ demonstrations use it. :func:`write_sft_parquet` writes rows with the schema abo
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from visionr3.data.formats import IMAGE, VLM_R3_PROMPT, Context, RowError, field, image_entry, text
+from visionr3.data.synthetic import png_bytes
 
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "observation": "tool", "function_call": "assistant"}
@@ -181,11 +181,7 @@ def render_tool_call(call: Mapping[str, Any]) -> str:
 
 
 def _png(image: Any) -> bytes:
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return bytes(image) if isinstance(image, (bytes, bytearray)) else png_bytes(image)
 
 
 def sft_schema():

@@ -6,6 +6,8 @@
 - :mod:`visionr3.platform.hf_rollout` — the HF-transformers rollout (``rollout.name=hf``).
 - :func:`after_import` (here) — a one-shot post-import hook, used to register things with verl's registries only when
   (and as soon as) verl itself imports the module holding the registry, so the plug-in stays cheap.
+- :func:`free_port` (here) — a free loopback port, for the ``MASTER_PORT`` of a gloo world on one host (and the
+  ports of a test's Ray head).
 
 This ``__init__`` imports only the standard library; :mod:`visionr3.plugin` wires the package into verl in every
 process.
@@ -21,9 +23,18 @@ import threading
 from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["after_import"]
+__all__ = ["after_import", "free_port"]
 
 _hooks_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process may take it before it is used)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class _RunAfterExec(importlib.abc.Loader):
