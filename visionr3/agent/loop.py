@@ -138,8 +138,33 @@ class TrajectoryStats:
     image_limit_hits: int = 0
     tool_errors: list[str] = field(default_factory=list)
     crop_boxes: list[list[int]] = field(default_factory=list)
+    # One JSON object per call, in call order: {"name", "arguments", "valid", "error", "box"} (JSON strings, so the
+    # field stays a list of plain strings through verl's batches). Evaluation records and the viewer read it.
+    tool_call_log: list[str] = field(default_factory=list)
 
 
+
+
+def call_log_entry(tool_call: FunctionCall, response: ToolResponse, info: dict | None) -> dict[str, Any]:
+    """What one call did, for :attr:`TrajectoryStats.tool_call_log`: the name, the arguments (parsed when they are
+    JSON, else the raw text), whether it returned an image, the error the model was shown, the source-pixel box."""
+    info = dict(info or {})
+    try:
+        arguments: Any = json.loads(tool_call.arguments)
+    except (TypeError, json.JSONDecodeError):
+        arguments = tool_call.arguments
+    if tool_call.name == MALFORMED_CALL and isinstance(arguments, dict):
+        arguments = arguments.get("text", arguments)
+    valid = bool(info.get("valid")) and bool(response.image)
+    error = None if valid else str(info.get("error") or response.text or "tool returned no image")
+    box = info.get("source_box")
+    return {
+        "name": tool_call.name,
+        "arguments": arguments,
+        "valid": valid,
+        "error": error,
+        "box": [int(v) for v in box] if box is not None and valid else None,
+    }
 
 
 def original_images(messages: list[dict]) -> list[Any]:
@@ -304,6 +329,11 @@ class VisionAgentLoop(ToolAgentLoop):
         return self.max_images is not None and len(agent_data.image_data or []) + self._pending_images >= self.max_images
 
     async def _call_tool(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data: AgentData):
+        response, reward, info = await self._execute_call(tool_call, tools_kwargs, agent_data)
+        self._stats.tool_call_log.append(json.dumps(call_log_entry(tool_call, response, info), ensure_ascii=False))
+        return response, reward, info
+
+    async def _execute_call(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data: AgentData):
         self._stats.tool_calls += 1
         active_tools = getattr(agent_data, "_active_tools", self.tools)
         if tool_call.name == MALFORMED_CALL:
