@@ -49,6 +49,17 @@ def register_resolvers() -> None:
         )
 
 
+def compose(config_dir, name: str, overrides=()):
+    """Hydra's compose of ``<config_dir>/<name>.yaml`` with ``overrides``, leaving no global Hydra state behind
+    (``visionr3 eval`` composes a recipe this way; so do the config tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
 def run_hydra(prog: str, config_dir, config_name: str, argv: list[str], task) -> None:
     """Run ``task(config)`` under ``@hydra.main`` with ``argv`` as Hydra's command line (overrides, ``--cfg job``, ...).
 

@@ -6,6 +6,8 @@
     visionr3 sft ...       # cold-start SFT through verl's SFT trainer
     visionr3 merge ...     # FSDP checkpoint -> Hugging Face directory, verified
     visionr3 submit ...    # a recipe as a Ray job; `visionr3 job logs|status|stop|list` follow it
+    visionr3 eval ...      # a checkpoint on benchmark files with a recipe's agent loop, tools and reward
+    visionr3 view ...      # eval results / training rollout dumps -> one HTML report
 
 Each front below lives in its own module, imported only when its subcommand is built, with two functions:
 ``configure(parser)`` adds the arguments and ``run(args) -> int`` does the work.
@@ -36,6 +38,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("visionr3.merge", "merge an FSDP checkpoint into a Hugging Face directory and verify it"),
     "submit": ("visionr3.jobs", "submit a recipe to a Ray cluster as a Ray job"),
     "job": ("visionr3.jobs", "follow a submitted Ray job: logs, status, stop, list"),
+    "eval": ("visionr3.eval.cli", "evaluate a checkpoint with a recipe's agent loop and tools on benchmark files"),
+    "view": ("visionr3.eval.view", "render eval results or training rollout dumps as one self-contained HTML report"),
 }
 
 

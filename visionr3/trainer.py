@@ -19,6 +19,11 @@ visionr3's group-level rewards (pure functions in :mod:`visionr3.reward.shaping`
    then they are replaced by :func:`~visionr3.reward.shaping.grpo_advantages` /
    :func:`~visionr3.reward.shaping.decoupled_advantages` over the same rows (GRPO only).
 
+With ``trainer.rollout_data_dir`` set, the rollout dump verl writes per step (``<step>.jsonl``: decoded prompt and
+response, ground truth, score) gets visionr3's columns too (:func:`dump_columns`): every reward component, the tool
+calls and crop boxes, the assistant turns, and the prompt image saved as ``<step>.images/<i>.jpg`` — so ``visionr3
+view <rollout_data_dir>`` shows what the policy looked at.
+
 Everything else — the training loop, weight sync, checkpoints — is verl's ``PPOTrainerSync`` unchanged.
 
 The class registers when this module is imported; :mod:`visionr3.plugin` imports it in every process verl starts.
@@ -74,6 +79,61 @@ def aggregate_trajectory_metrics(extra_fields: Sequence[Mapping[str, Any] | None
         valid = sum(float(row.get("valid_tool_calls") or 0) for row in rows)
         metrics[f"{prefix}valid_call_ratio"] = valid / sum(calls) if sum(calls) else 0.0
     return metrics
+
+
+DUMP_FIELDS = ("crop_boxes", "assistant_turns", "tool_calls", "valid_tool_calls", "num_images", "self_answer", "self_reward_status")
+DUMP_IMAGE_MAX_SIDE = 512
+
+
+def dump_columns(extra_fields: Sequence[Mapping[str, Any] | None], image_names: Sequence[str | None]) -> dict[str, list]:
+    """The per-trajectory columns visionr3 adds to verl's rollout dump (``trainer.rollout_data_dir``), which holds
+    only the decoded prompt/response, the ground truth and the score: every reward component of the reward
+    function's dict, the loop's ``crop_boxes`` / ``assistant_turns`` / counters, the parsed ``tool_call_log``, and
+    ``image`` (the saved prompt image, relative to the dump folder) — what ``visionr3 view`` needs to draw boxes."""
+    rows = [row if isinstance(row, Mapping) else {} for row in extra_fields]
+    columns: dict[str, list] = {"image": list(image_names)}
+    reward_keys = sorted({k for row in rows for k, v in (row.get("reward_extra_info") or {}).items()
+                          if isinstance(v, (int, float, np.number)) and k != "score"})
+    for key in reward_keys:
+        columns[key] = [_plain_number((row.get("reward_extra_info") or {}).get(key)) for row in rows]
+    for key in DUMP_FIELDS:
+        if any(key in row for row in rows):
+            columns[key] = [_plain(row.get(key)) for row in rows]
+    if any("tool_call_log" in row for row in rows):
+        import json
+
+        columns["tool_call_log"] = [[json.loads(c) for c in (row.get("tool_call_log") or [])] for row in rows]
+    return columns
+
+
+def _plain_number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def first_prompt_image(prompt: Sequence[Mapping[str, Any]] | None) -> Any:
+    """The first image of a trajectory's ``raw_prompt`` (chat messages; verl's v1 trainer keeps them in
+    TransferQueue's ``raw_prompt`` field), or ``None``."""
+    from visionr3.processing import image_items, open_image
+
+    if prompt is None:
+        return None
+    items = image_items(list(prompt))
+    if not items:
+        return None
+    try:
+        return open_image(items[0])
+    except Exception:
+        return None
 
 
 def reward_rows(extra_fields: Sequence[Mapping[str, Any] | None]) -> list[dict[str, float]]:
@@ -146,6 +206,57 @@ def _register() -> None:
             rows = list(data["extra_fields"].tolist()) if hasattr(data["extra_fields"], "tolist") else list(data["extra_fields"])
             padding = [tag.get("is_padding", False) for tag in batch.tags]
             metrics.update(aggregate_trajectory_metrics([row for row, pad in zip(rows, padding) if not pad]))
+
+        # ---- rollout dumps (trainer.rollout_data_dir) -------------------------------------------------------------
+
+        def _log_rollout_data(self, batch, timing_raw, rollout_data_dir):
+            self._visionr3_dump_batch = batch  # read back in _dump_generations, which verl calls from here
+            try:
+                return super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
+            finally:
+                self._visionr3_dump_batch = None
+
+        def _dump_generations(self, inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path):
+            batch = getattr(self, "_visionr3_dump_batch", None)
+            keys = reward_extra_infos_dict.get("uid")
+            if batch is not None and keys and len(keys) == len(inputs):
+                try:
+                    reward_extra_infos_dict = {**reward_extra_infos_dict, **self._visionr3_dump_columns(batch, keys, dump_path)}
+                except Exception as exc:  # a richer dump must never cost a training step
+                    import logging
+
+                    logging.getLogger(__name__).warning("visionr3: rollout dump without visionr3 columns (%s)", exc)
+            return super()._dump_generations(inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path)
+
+        def _visionr3_dump_columns(self, batch, keys, dump_path) -> dict[str, list]:
+            import os
+
+            import transfer_queue as tq
+
+            data = tq.kv_batch_get(keys=list(keys), partition_id=batch.partition_id, select_fields=["extra_fields", "raw_prompt"])
+            extra, prompts = data["extra_fields"], data["raw_prompt"]
+            rows = list(extra.tolist()) if hasattr(extra, "tolist") else list(extra)
+            prompts = list(prompts.tolist()) if hasattr(prompts, "tolist") else list(prompts)
+            step = self.global_steps
+            folder = f"{step}.images"
+            images, names = [], []
+            for i, prompt in enumerate(prompts):
+                image = first_prompt_image(prompt)
+                names.append(None if image is None else f"{folder}/{i}.jpg")
+                images.append(image)
+
+            def write_images() -> None:  # on verl's dump thread, before the JSONL that references them
+                os.makedirs(os.path.join(dump_path, folder), exist_ok=True)
+                for name, image in zip(names, images):
+                    if image is not None:
+                        image = image.convert("RGB")
+                        image.thumbnail((DUMP_IMAGE_MAX_SIDE, DUMP_IMAGE_MAX_SIDE))
+                        image.save(os.path.join(dump_path, name), format="JPEG", quality=85)
+
+            self._dump_futures.append(self._dump_executor.submit(write_images))
+            columns = dump_columns(rows, names)
+            columns["image_size"] = [None if im is None else list(im.size) for im in images]
+            return columns
 
         # ---- group-level rewards --------------------------------------------------------------------------------
 

@@ -80,6 +80,8 @@ def recipe_command(recipe: str, directory: Path, judge_url: str) -> list[str]:
     ]
     if recipe != "vision_sr1":
         command.append(f"visionr3.reward.judge.base_url={judge_url}")
+    if recipe == "zoom":  # verl's rollout dump with visionr3's columns, which `visionr3 view` reads
+        command.append(f"trainer.rollout_data_dir={directory / 'rollouts'}")
     return command
 
 

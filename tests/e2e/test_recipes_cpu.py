@@ -41,3 +41,27 @@ def test_cpu_variant_runs_one_step(recipe, e2e_runs, judge):
         assert step["visionr3/tool_call_rate"] > 0
         assert step["visionr3/reward/judge_failed/mean"] == 0.0
         assert judge.requests > 0
+
+
+def test_zoom_rollout_dump_has_visionr3_columns_and_renders_in_the_viewer(e2e_runs, tmp_path):
+    """`trainer.rollout_data_dir` on the zoom run: verl's dump plus visionr3's columns, then `visionr3 view` on it."""
+    from visionr3.eval.view import build_report
+
+    run = e2e_runs["recipe:zoom"]
+    run.check()
+    dump = run.directory / "rollouts" / "1.jsonl"
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(rows) == 4  # 2 prompts x n=2
+    for row in rows:
+        for key in ("input", "output", "gts", "score", "step", "uid"):  # verl's own
+            assert key in row, key
+        for key in ("accuracy", "format", "tool", "tool_calls", "crop_boxes", "assistant_turns", "tool_call_log", "image", "image_size"):
+            assert key in row, key
+        assert (dump.parent / row["image"]).is_file() and row["image_size"] == [448, 448]
+        assert len(row["tool_call_log"]) == row["tool_calls"]
+        assert all(call["name"] for call in row["tool_call_log"])
+    stats = build_report([dump.parent], tmp_path / "rollouts.html")
+    assert stats.shown == 4 and stats.total == 4
+    html = (tmp_path / "rollouts.html").read_text()
+    assert html.count('data-kind="rollout"') == 4
+    assert 'viewBox="0 0 448 448"' in html  # the question image in its source frame, where boxes are drawn

@@ -87,7 +87,7 @@ class EvalSettings:
 def compose_recipe(settings: EvalSettings):
     """The recipe's trainer config with the model, the protocol's lengths, budgets and sampling applied."""
     from visionr3.recipes import RECIPE_SEARCHPATH, recipe_dir
-    from visionr3.testing.configs import compose
+    from visionr3.configs import compose
 
     p = settings.protocol
     overrides = [

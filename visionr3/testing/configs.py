@@ -7,20 +7,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 
-
-def compose(config_dir: str | Path, name: str, overrides: Sequence[str] = ()):
-    """Hydra's compose of ``<config_dir>/<name>.yaml`` with ``overrides``, leaving no global Hydra state behind."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from visionr3.configs import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        return hydra_compose(config_name=name, overrides=list(overrides))
+from visionr3.configs import compose  # noqa: F401  (re-exported for the tests)
 
 
 def validate(config):
