@@ -22,7 +22,7 @@ from PIL import Image
 from visionr3.cli import main
 from visionr3.data import formats
 from visionr3.data.formats import RowError
-from visionr3.data.prepare import FORMATS
+from visionr3.data.prepare import FORMATS, benchmark_name
 
 COLOURS = ["red", "blue", "green", "yellow"]
 
@@ -199,6 +199,50 @@ def build_hrbench(tmp_path, rows=None):
     return path, []
 
 
+def mme_record(i, **changes):
+    """A record of MME-RealWorld's official annotation JSON."""
+    record = {
+        "Question_id": f"perception/remote_sensing/color/{i:04d}",
+        "Image": f"remote_sensing/{i:05d}_Toronto.png",
+        "Text": "What is the colour of the roof?",
+        "Question Type": "Multiple Choice",
+        "Answer choices": [f"(A) {COLOURS[i]}", "(B) black", "(C) white", "(D) pink",
+                           "(E) The image does not feature the roof."],
+        "Ground truth": "AB"[i],
+        "Category": "color",
+        "Subtask": "Remote Sensing",
+        "Task": "Perception",
+    }
+    record.update(changes)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def build_mme_realworld(tmp_path, records=None):
+    for i in range(2):
+        write_image(tmp_path / f"MME-RealWorld/remote_sensing/{i:05d}_Toronto.png", (1500, 1000), COLOURS[i], "PNG")
+    path = tmp_path / "MME-RealWorld/MME-RealWorld.json"
+    path.write_text(json.dumps(records or [mme_record(0), mme_record(1)]))
+    return path, []
+
+
+def build_mme_realworld_lmms_eval(tmp_path, name="MME-RealWorld-CN-Lmms-eval"):
+    """lmms-eval's parquet layout: base64 image text in ``bytes``, lettered ``multi-choice options``."""
+    import pandas as pd
+
+    rows = [
+        {"bytes": base64.b64encode(encoded((800, 600), "red")).decode(), "path": "monitoring/1.png", "index": 7,
+         "question": "车辆是什么颜色？", "multi-choice options": ["(A) 红色", "(B) 蓝色", "(C) 白色"],
+         "answer": "A", "category": "Perception/Monitoring", "l2-category": "vehicle/attribute/color"},
+        {"bytes": base64.b64encode(encoded((640, 480), "blue")).decode(), "path": "ad/2.png", "index": 8,
+         "question": "What should the car do next?", "multi-choice options": ["(A) stop", "(B) turn left"],
+         "answer": "(B)", "category": "Reasoning/Autonomous_Driving", "l2-category": "intention"},
+    ]
+    folder = tmp_path / name / "data"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(folder / "train-00000-of-00001.parquet")
+    return tmp_path / name
+
+
 BUILDERS = {
     "visionthink_general": lambda tmp: build_visionthink(tmp, smart=False),
     "visionthink_smart": lambda tmp: build_visionthink(tmp, smart=True),
@@ -209,6 +253,7 @@ BUILDERS = {
     "mmvp": build_mmvp,
     "cvbench": build_cvbench,
     "hrbench": build_hrbench,
+    "mme_realworld": build_mme_realworld,
 }
 
 # format -> (agent_name, data_sources, ground truths, image sizes per row, a text the first prompt contains)
@@ -232,6 +277,9 @@ EXPECTED = {
                 "<image>\nHow many organs are in the image?\nA. 3\nB. 2\nC. 1\nD. 0\nAnswer with"),
     "hrbench": ("visionr3_agent", ["hrbench_4k"] * 2, ["B", "A"], [[(1024, 768)], [(1024, 768)]],
                 "What colour is the car?\nA. red\nB. blue\nC. green\nD. white\nAnswer with"),
+    "mme_realworld": ("visionr3_agent", ["mme_realworld"] * 2, ["A", "B"], [[(1500, 1000)], [(1500, 1000)]],
+                      "<image>\nWhat is the colour of the roof?\nA. red\nB. black\nC. white\nD. pink\n"
+                      "E. The image does not feature the roof.\nAnswer with"),
 }
 
 
@@ -336,6 +384,46 @@ def test_per_format_extra_info(tmp_path):
     assert [(r["extra_info"]["env_name"], r["extra_info"]["source_index"]) for r in de] == [
         ("visual_toolbox_v2", "train_7"), ("", "train_8")]
     assert de[1]["prompt"][0]["content"].startswith("What is 2+2?\nThink first")  # text-only: no placeholder
+
+
+def test_mme_realworld_in_both_layouts_keeps_task_subtask_and_category(tmp_path, capsys):
+    assert prepare(tmp_path / "json", "mme_realworld")[0] == 0
+    capsys.readouterr()
+    first = read_rows(tmp_path / "json/out.parquet")[0]["extra_info"]
+    assert (first["task"], first["subtask"], first["fine_category"]) == ("Perception", "Remote Sensing", "color")
+    assert first["category"] == "Remote Sensing/color"
+    assert first["source_id"] == "perception/remote_sensing/color/0000"
+    assert first["options"][-1] == "The image does not feature the roof."  # letters stripped, source order kept
+
+    source = build_mme_realworld_lmms_eval(tmp_path / "lmms")
+    out = tmp_path / "lmms.parquet"
+    assert main(["prepare", "mme_realworld", str(source), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"prepare mme_realworld: wrote 2 rows to {out}"
+    rows = read_rows(out)
+    assert [row["data_source"] for row in rows] == ["mme_realworld_cn"] * 2  # CN from the snapshot's name
+    assert [row["reward_model"]["ground_truth"] for row in rows] == ["A", "B"]
+    assert [image_size(row["images"][0]) for row in rows] == [(800, 600), (640, 480)]
+    cn, driving = (row["extra_info"] for row in rows)
+    assert cn["options"] == ["红色", "蓝色", "白色"] and cn["answer_text"] == "红色"
+    assert cn["question"] == "车辆是什么颜色？\nA. 红色\nB. 蓝色\nC. 白色"
+    assert (cn["task"], cn["subtask"], cn["fine_category"]) == ("Perception", "Monitoring", "vehicle/attribute/color")
+    assert cn["category"] == "Monitoring/vehicle/attribute/color"
+    assert (cn["source_id"], cn["benchmark"]) == ("7", "mme_realworld_cn")
+    assert (driving["task"], driving["category"]) == ("Reasoning", "Autonomous_Driving/intention")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("MME-RealWorld.json", "mme_realworld"),
+        ("MME-RealWorld-CN.json", "mme_realworld_cn"),
+        ("MME-RealWorld-Lite-lmms-eval", "mme_realworld_lite"),
+        ("mme_realworld_cn_lite.parquet", "mme_realworld_cn_lite"),
+        ("scenic.json", "mme_realworld"),  # "cn" only as a word of the name
+    ],
+)
+def test_mme_realworld_editions_are_told_apart_by_name(name, expected):
+    assert benchmark_name("mme_realworld", Path("/data") / name) == expected
 
 
 def test_agent_name_picks_its_prompt_style_and_options_override(tmp_path):
@@ -521,6 +609,9 @@ def test_bad_vstar_row_stops_with_file_row_id_and_field(tmp_path, capsys, kind):
     assert not out.exists() and not list(tmp_path.glob(".*.partial")), "a failed run leaves no parquet behind"
 
 
+MME_ROW = "row 0 (id 'perception/remote_sensing/color/0000'): "
+
+
 @pytest.mark.parametrize(
     "format_name, break_source, message",
     [
@@ -535,6 +626,17 @@ def test_bad_vstar_row_stops_with_file_row_id_and_field(tmp_path, capsys, kind):
          "row 0 (id '3'): field 'image': not valid base64"),
         ("mmvp", lambda p: p.write_text("Index,Question,Options,Correct Answer\n1,Open?,Open or closed,(a)\n"),
          "row 0 (id '1'): field 'Options': expected options like '(a) x (b) y', got 'Open or closed'"),
+        ("mme_realworld",
+         lambda p: p.write_text(json.dumps([mme_record(0, **{"Answer choices": ["(A) red", "(C) blue"]})])),
+         MME_ROW + "field 'Answer choices': option (C) out of order, expected (B)"),
+        ("mme_realworld", lambda p: p.write_text(json.dumps([mme_record(0, **{"Answer choices": ["red", "blue"]})])),
+         MME_ROW + "field 'Answer choices': option 'red' does not start with its letter like '(A) '"),
+        ("mme_realworld", lambda p: p.write_text(json.dumps([mme_record(0, **{"Question Type": "Free Form"})])),
+         MME_ROW + "field 'Question Type': only multiple choice is supported, got 'Free Form'"),
+        ("mme_realworld", lambda p: p.write_text(json.dumps([mme_record(0, **{"Ground truth": "F"})])),
+         MME_ROW + "field 'Ground truth': answer F but only options A-E exist"),
+        ("mme_realworld", lambda p: p.write_text(json.dumps([mme_record(0, Image="remote_sensing/missing.png")])),
+         MME_ROW + "field 'Image': file not found"),
     ],
 )
 def test_bad_rows_of_other_formats(tmp_path, capsys, format_name, break_source, message):

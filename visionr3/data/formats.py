@@ -23,8 +23,8 @@ they are; their number must equal the row's image count. No system prompt is wri
 template renders the tool block from the job's tool YAML (papers.md §1.1, §4.1 — the papers' system prompts are that
 block).
 
-**Multiple choice** (V*, MMVP, CV-Bench, HR-Bench). Options are kept in their source order — evaluation shuffles
-them with a fixed seed, never this step — and the question the model reads is :func:`mc_prompt`::
+**Multiple choice** (V*, MMVP, CV-Bench, HR-Bench, MME-RealWorld). Options are kept in their source order —
+evaluation shuffles them with a fixed seed, never this step — and the question the model reads is :func:`mc_prompt`::
 
     {question}
     A. {first option}
@@ -428,6 +428,23 @@ def split_inline_options(text_: str, name: str) -> list[str]:
     return check_options(options, name)
 
 
+def lettered_options(value: Any, name: str) -> list[str]:
+    """``["(A) red", "(B) blue"]`` -> ``["red", "blue"]`` (MME-RealWorld's option lists, letters written in): every
+    option carries its letter, and the letters run A, B, C, ... without gaps."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(o, str) for o in value):
+        raise RowError(name, "expected a list of option texts like '(A) red'", "bad options")
+    options = []
+    for i, option in enumerate(value):
+        match = _OPTION_LINE.fullmatch(option)
+        if not match:
+            raise RowError(name, f"option {option!r} does not start with its letter like '(A) '", "bad options")
+        if i >= len(LETTERS) or match.group(1) != LETTERS[i]:
+            expected = LETTERS[i] if i < len(LETTERS) else "none"
+            raise RowError(name, f"option ({match.group(1)}) out of order, expected ({expected})", "bad options")
+        options.append(match.group(2))
+    return check_options(options, name)
+
+
 class MultipleChoiceInfo(TypedDict):
     """``extra_info`` of an evaluation row: what a scorer and a shuffling evaluator need, options in source order."""
 
@@ -665,6 +682,53 @@ def hrbench(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
         letter=answer_letter(field(record, "answer"), len(options), "answer"),
         image=base64_image(record, "image", ctx), category=optional_text(record, "category"),
         extra={"cycle_category": optional_text(record, "cycle_category")},
+    )
+
+
+def mme_realworld(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
+    """MME-RealWorld (and MME-RealWorld-CN), in either public layout:
+
+    * the official annotation JSON (``MME-RealWorld.json``/``MME-RealWorld-CN.json``): ``Question_id``, ``Image``
+      (relative to the image root), ``Text``, ``Question Type`` (``Multiple Choice``; anything else is refused),
+      ``Answer choices`` (``["(A) red", ...]``), ``Ground truth`` (letter), ``Task`` (Perception/Reasoning),
+      ``Subtask`` (the domain: Remote Sensing, Monitoring, ...), ``Category`` (the fine task: color, count, ...);
+    * lmms-eval's parquet (``yifanzhang114/MME-RealWorld-Lmms-eval``): ``index``, ``question``, ``bytes`` (the image
+      as base64 text; ``image`` bytes or an image dict are read too), ``multi-choice options``, ``answer``,
+      ``category`` (``Task/Subtask``; the task is read the way lmms-eval's scorer reads it) and ``l2-category``
+      (the fine task).
+
+    ``category`` is ``Subtask/Category`` (``Remote Sensing/color``), the unit MME-RealWorld reports; ``task``,
+    ``subtask`` and ``fine_category`` are kept apart too. The last option is often MME-RealWorld's "the image does not
+    feature ..." choice; it is an ordinary option here."""
+    if "Text" in record or "Question_id" in record:
+        question_type = optional_text(record, "Question Type", "Multiple Choice")
+        if question_type.lower() != "multiple choice":
+            raise RowError("Question Type", f"only multiple choice is supported, got {question_type!r}", "bad options")
+        question = text(record, "Text")
+        options = lettered_options(field(record, "Answer choices"), "Answer choices")
+        letter = answer_letter(field(record, "Ground truth"), len(options), "Ground truth")
+        task, subtask = optional_text(record, "Task"), optional_text(record, "Subtask")
+        fine = optional_text(record, "Category")
+        image = image_entry(text(record, "Image"), "Image", ctx)
+        source_id = optional_text(record, "Question_id")
+    else:
+        question = text(record, "question")
+        options = lettered_options(field(record, "multi-choice options"), "multi-choice options")
+        letter = answer_letter(field(record, "answer"), len(options), "answer")
+        source_category = optional_text(record, "category")
+        task = "Perception" if "perception" in source_category.lower() else "Reasoning" if source_category else ""
+        subtask = source_category.split("/")[-1].strip()
+        fine = optional_text(record, "l2-category")
+        image_field = "bytes" if optional(record, "bytes") is not None else "image"
+        if isinstance(optional(record, image_field), str):
+            image = base64_image(record, image_field, ctx)
+        else:
+            image = image_entry(field(record, image_field), image_field, ctx)
+        source_id = optional_text(record, "index")
+    return mc_row(
+        ctx, index=index, benchmark="mme_realworld", source_id=source_id, question=question, options=options,
+        letter=letter, image=image, category="/".join(part for part in (subtask, fine) if part),
+        extra={"task": task, "subtask": subtask, "fine_category": fine},
     )
 
 

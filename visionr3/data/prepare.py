@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -89,6 +90,11 @@ FORMATS: dict[str, Format] = {
     ),
     "hrbench": Format(
         formats.hrbench, "zoom", "HR-Bench hr_bench_4k.tsv / hr_bench_8k.tsv (base64 images)", ("index",)
+    ),
+    "mme_realworld": Format(
+        formats.mme_realworld, "zoom",
+        "MME-RealWorld(-CN).json {Question_id, Image, Text, ...} or lmms-eval's parquet",
+        ("Question_id", "index"),
     ),
     "vlir": Format(
         _sft_converter("vlir"), "vlm_r3", "VLM-R3 VLIR SFT json {image_path, question, response_list, img_crop_list}",
@@ -203,11 +209,17 @@ def resolve_style(format_name: str, prompt_style: str | None, agent_name: str | 
 
 
 def benchmark_name(format_name: str, source: Path) -> str | None:
-    """HR-Bench ships a 4K and an 8K file, reported separately: ``hrbench_4k``/``hrbench_8k`` from the file name."""
-    if format_name != "hrbench":
-        return None
+    """Benchmarks whose variants are reported separately, told apart by the source's file (or folder) name:
+    HR-Bench's 4K and 8K files (``hrbench_4k``/``hrbench_8k``), MME-RealWorld's Chinese and Lite editions
+    (``mme_realworld_cn``, ``mme_realworld_lite``, ``mme_realworld_cn_lite``: ``CN``/``Lite`` as a word of the name, as
+    in ``MME-RealWorld-CN.json`` and ``MME-RealWorld-Lite-lmms-eval/``)."""
     name = source.name.lower()
-    return "hrbench_8k" if "8k" in name else "hrbench_4k" if "4k" in name else "hrbench"
+    if format_name == "hrbench":
+        return "hrbench_8k" if "8k" in name else "hrbench_4k" if "4k" in name else "hrbench"
+    if format_name == "mme_realworld":
+        words = set(re.split(r"[-_.\s]+", name))
+        return "mme_realworld" + ("_cn" if "cn" in words else "") + ("_lite" if "lite" in words else "")
+    return None
 
 
 def prepare(

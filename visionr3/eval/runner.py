@@ -265,6 +265,9 @@ class Evaluator:
 
         prepare_runtime()
         self.settings = settings
+        model_path = os.path.expanduser(settings.model)
+        if not os.path.isdir(model_path):  # every backend: the loop templates and tokenizes with its files
+            raise EvalError(f"--model {model_path!r} is not a local checkpoint directory (merge FSDP checkpoints with `visionr3 merge`)")
         config = compose_recipe(settings)
         self.protocol, config = resolve_protocol(config, settings)
         self.config = config
@@ -311,8 +314,6 @@ class Evaluator:
         from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 
         model_path = os.path.expanduser(self.settings.model)
-        if not os.path.isdir(model_path):
-            raise EvalError(f"--model {model_path!r} is not a local checkpoint directory (merge FSDP checkpoints with `visionr3 merge`)")
         worker = AgentLoopWorker(self.config, self.inner_client)
         if worker.processor is None and hasattr(worker.model_config.hf_config, "vision_config"):
             raise EvalError(f"no multimodal processor could be loaded from {model_path}")

@@ -36,9 +36,11 @@ provides the three parts under the name ``"hf"``:
   batching (one request at a time is what a CPU can do anyway). Details of each sampling parameter are in
   :meth:`HFServer.generate`. The HTTP endpoint (:meth:`HFServer.start_http_server`) is uvicorn bound to the port the
   actor reserved at start, running as a task on the actor's own event loop; a chat request is validated
-  (:func:`chat_request`; text only — image parts are refused), rendered with the checkpoint's chat template
-  (``chat_template_kwargs`` such as ``{"enable_thinking": false}`` are template variables), and then takes exactly
-  ``generate``'s path (:meth:`HFServer._serve`). The reply is vLLM's: text decoded without special tokens, cut at a
+  (:func:`chat_request`; images as inline ``data:`` URLs only — the server never fetches a URL), rendered with the
+  checkpoint's chat template (``chat_template_kwargs`` such as ``{"enable_thinking": false}`` are template variables;
+  each image part becomes one ``<|vision_start|><|image_pad|><|vision_end|>`` run, expanded to the image's token
+  count), and then takes exactly ``generate``'s path (:meth:`HFServer._serve`) with the decoded images as
+  ``image_data``. The reply is vLLM's: text decoded without special tokens, cut at a
   stop string, ``finish_reason`` ``"stop"``/``"length"``, ``usage``; the served model name is the local model path
   (vLLM's default), though any ``model`` string is accepted. Client errors are HTTP 400 with a message.
 * :class:`HFServerAdapter` (``_ROLLOUT_REGISTRY[("hf", "async")]``) — built in every trainer worker. It finds the
@@ -189,7 +191,7 @@ def _worker_placement(_actor_self) -> tuple[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# OpenAI chat API (text only): request parsing and the FastAPI app in front of HFServer
+# OpenAI chat API (text and inline images): request parsing and the FastAPI app in front of HFServer
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -206,7 +208,9 @@ class ChatRequest:
     """A validated ``POST /v1/chat/completions`` body, split into what the template and the sampler need."""
 
     messages: tuple[dict, ...]
-    """Every message with its ``content`` flattened to one string (text parts joined by newlines)."""
+    """Every message with its ``content`` flattened to one string (text parts joined by newlines) — or, for a message
+    with image parts, a list of ``{"type": "text", "text"}`` and ``{"type": "image"}`` parts in their order (what
+    vLLM hands a Qwen-VL template: it renders text parts back to back, each image part as one vision run)."""
     sampling_params: Mapping[str, Any]
     """In :meth:`HFServer.generate`'s vocabulary (``max_tokens``, ``temperature``, ``stop``, ``seed``, ...)."""
     chat_template_kwargs: Mapping[str, Any]
@@ -215,6 +219,11 @@ class ChatRequest:
     include_stop_str_in_output: bool = False
     model: Optional[str] = None
     ignored_fields: tuple[str, ...] = ()
+    images: tuple[Any, ...] = ()
+    """The decoded (RGB PIL) images of every image part, in the order they appear in ``messages``."""
+    mm_processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """vLLM's ``mm_processor_kwargs``: image processor options (verl's agent loop passes its own on), used both to
+    count an image's tokens and to compute its pixel values."""
 
 
 # Fields the endpoint takes and passes on as sampling parameters, with their JSON type and the check they must pass.
@@ -236,7 +245,9 @@ _CHAT_SAMPLING_FIELDS: dict[str, tuple[type, Any, str]] = {
 # Accepted and meaningless for a single-tenant, non-streaming server.
 _CHAT_IGNORED_SILENTLY = frozenset(
     {"model", "messages", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls",
-     "tool_choice", "request_id", "priority", "prompt_cache_key", "safety_identifier"}
+     "tool_choice", "request_id", "priority", "prompt_cache_key", "safety_identifier",
+     # vLLM's detokenizer option; transformers' decode never inserts spaces between special tokens
+     "spaces_between_special_tokens"}
 )
 _CHAT_TEMPLATE_RESERVED = frozenset(
     {"conversation", "messages", "tokenize", "return_dict", "return_tensors", "padding", "truncation", "max_length",
@@ -261,38 +272,93 @@ def _typed(body: Mapping, key: str, kind: type) -> Any:
     return kind(value)
 
 
-def _message_text(content: Any, where: str) -> str:
+_IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
+
+
+def _message_content(content: Any, where: str, images: list, accept_images: bool) -> Any:
+    """A message's ``content`` for the chat template: one string when it is text only (text parts joined by
+    newlines, as before images were accepted), else the list of text/image parts; decoded images go to ``images``."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise OpenAIRequestError(f"{where}.content must be a string or a list of content parts, got {content!r}")
-    texts = []
+    parts: list[dict] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind in ("text", "input_text") and isinstance(part.get("text"), str):
-            texts.append(part["text"])
+            parts.append({"type": "text", "text": part["text"]})
         elif kind is None or kind in ("text", "input_text"):
             raise OpenAIRequestError(f"{where}.content[{j}] must be {{'type': 'text', 'text': str}}, got {part!r}")
+        elif kind in _IMAGE_PART_TYPES:
+            if not accept_images:
+                raise OpenAIRequestError(
+                    f"{where}.content[{j}] is a {kind!r} part, but the model this hf server runs is text-only"
+                )
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, Mapping) else url
+            images.append(decode_image_url(url, f"{where}.content[{j}]"))
+            parts.append({"type": "image"})
         else:
             raise OpenAIRequestError(
-                f"{where}.content[{j}] is a {kind!r} part, but the hf server's OpenAI endpoint is text-only; images "
-                "reach an hf rollout server through the token-in/token-out generate() path (image_data=...)"
+                f"{where}.content[{j}] is a {kind!r} part; the hf server's OpenAI endpoint takes text and image_url "
+                "parts only"
             )
-    return "\n".join(texts)
+    if not any(part["type"] == "image" for part in parts):
+        return "\n".join(part["text"] for part in parts)
+    return parts
 
 
-def chat_request(body: Any) -> ChatRequest:
+def decode_image_url(url: Any, where: str = "image_url") -> Any:
+    """An inline ``data:image/<format>;base64,<data>`` URL → an RGB PIL image (:func:`visionr3.processing.open_image`,
+    which composites transparency on white as qwen-vl-utils does). Anything else is an :class:`OpenAIRequestError`:
+    the server fetches nothing over the network, so ``http(s)://`` (and ``file:``) URLs are refused by name."""
+    if not isinstance(url, str) or not url:
+        raise OpenAIRequestError(f"{where}.image_url must be {{'url': 'data:image/...;base64,...'}}, got {url!r}")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("http", "https"):
+        raise OpenAIRequestError(
+            f"{where}: the hf server does not fetch remote images (no network access); send the image inline as a "
+            f"data:image/png;base64,... URL instead of {url[:80]!r}"
+        )
+    header, sep, payload = url.partition(",")
+    if scheme != "data" or not sep or not header.lower().startswith("data:image/") or ";base64" not in header.lower():
+        raise OpenAIRequestError(
+            f"{where}: only inline base64 images are accepted (data:image/<png|jpeg|...>;base64,<data>), got "
+            f"{url[:60]!r}"
+        )
+    import base64
+    import binascii
+
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise OpenAIRequestError(f"{where}: the data URL's payload is not valid base64 ({exc})") from None
+    from PIL import Image
+
+    from visionr3.processing import open_image
+
+    try:
+        image = open_image(data)
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise OpenAIRequestError(f"{where}: the data URL ({header}) does not decode to an image: {exc}") from None
+    return image
+
+
+def chat_request(body: Any, *, accept_images: bool = True) -> ChatRequest:
     """Validate an OpenAI chat-completion body (``POST /v1/chat/completions``) → :class:`ChatRequest`.
 
-    Taken: ``messages`` (text content only), ``model`` (any string: one model is served), ``max_tokens`` /
-    ``max_completion_tokens`` (the latter wins; absent: the rollout config's budget, as in :meth:`HFServer.generate`),
-    ``temperature``, ``top_p``, ``seed``, ``stop`` (string or list), ``n`` (1), ``logprobs`` (no ``top_logprobs``),
-    ``presence_penalty``/``frequency_penalty`` (0), and vLLM's extensions ``top_k``, ``min_p``,
-    ``repetition_penalty``, ``min_tokens``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``,
-    ``include_stop_str_in_output``, ``chat_template_kwargs`` (template variables, e.g. ``{"enable_thinking": false}``;
-    a template that does not use one ignores it), ``add_generation_prompt`` (True), ``continue_final_message``.
+    Taken: ``messages`` (text parts, and ``image_url`` parts holding inline ``data:image/...;base64`` URLs — decoded
+    here, see :func:`decode_image_url`; refused when ``accept_images`` is false, i.e. for a text-only model),
+    ``model`` (any string: one model is served), ``max_tokens`` / ``max_completion_tokens`` (the latter wins; absent:
+    the rollout config's budget, as in :meth:`HFServer.generate`), ``temperature``, ``top_p``, ``seed``, ``stop``
+    (string or list), ``n`` (1), ``logprobs`` (no ``top_logprobs``), ``presence_penalty``/``frequency_penalty`` (0),
+    and vLLM's extensions ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``stop_token_ids``,
+    ``ignore_eos``, ``skip_special_tokens``, ``include_stop_str_in_output``, ``chat_template_kwargs`` (template
+    variables, e.g. ``{"enable_thinking": false}``; a template that does not use one ignores it),
+    ``add_generation_prompt`` (True), ``continue_final_message``, ``mm_processor_kwargs`` (image processor options).
     Refused with :class:`OpenAIRequestError`: ``stream``, ``tools``, ``logit_bias``, a non-text ``response_format``,
     a per-request ``chat_template``, and malformed values. Other fields are ignored (listed in ``ignored_fields``).
     """
@@ -302,12 +368,14 @@ def chat_request(body: Any) -> ChatRequest:
     if not isinstance(messages, list) or not messages:
         raise OpenAIRequestError("'messages' must be a non-empty list of {'role', 'content'} objects", "messages")
     flat = []
+    images: list = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
             raise OpenAIRequestError(
                 f"messages[{i}] must be an object with a string 'role', got {message!r}", "messages"
             )
-        flat.append({**message, "content": _message_text(message.get("content"), f"messages[{i}]")})
+        content = _message_content(message.get("content"), f"messages[{i}]", images, accept_images)
+        flat.append({**message, "content": content})
 
     if body.get("stream"):
         raise OpenAIRequestError("streaming is not supported by the hf server; send stream=false", "stream")
@@ -378,11 +446,16 @@ def chat_request(body: Any) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise OpenAIRequestError(f"'model' must be a string, got {model!r}", "model")
+    mm_processor_kwargs = body.get("mm_processor_kwargs") or {}
+    if not isinstance(mm_processor_kwargs, Mapping) or not all(isinstance(k, str) for k in mm_processor_kwargs):
+        raise OpenAIRequestError(
+            f"'mm_processor_kwargs' must be an object, got {mm_processor_kwargs!r}", "mm_processor_kwargs"
+        )
 
     handled = set(_CHAT_SAMPLING_FIELDS) | _CHAT_IGNORED_SILENTLY | {
         "max_tokens", "max_completion_tokens", "stop", "stop_token_ids", "chat_template_kwargs", "stream", "tools",
         "logit_bias", "chat_template", "response_format", "top_logprobs", "add_generation_prompt",
-        "continue_final_message", "include_stop_str_in_output",
+        "continue_final_message", "include_stop_str_in_output", "mm_processor_kwargs",
     }
     return ChatRequest(
         messages=tuple(flat),
@@ -393,6 +466,8 @@ def chat_request(body: Any) -> ChatRequest:
         include_stop_str_in_output=bool(_typed(body, "include_stop_str_in_output", bool)),
         model=model,
         ignored_fields=tuple(sorted(k for k in body if k not in handled)),
+        images=tuple(images),
+        mm_processor_kwargs=dict(mm_processor_kwargs),
     )
 
 
@@ -751,26 +826,28 @@ class HFServer:
         """
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
-            chat = chat_request(body)
+            # image decoding and the image processor run off the event loop, like generation
+            chat = await asyncio.to_thread(chat_request, body, accept_images=self.processor is not None)
             for key in chat.ignored_fields:
                 self._warn_once(f"openai:{key}", f"hf server's OpenAI endpoint ignores request field {key!r}")
             prompt_ids = await asyncio.to_thread(self._render_chat, chat)
-            if self._count_placeholders(prompt_ids):
+            if not chat.images and self._count_placeholders(prompt_ids):
                 raise OpenAIRequestError(
-                    "the rendered messages contain image/video placeholder tokens, but the OpenAI endpoint of the hf "
-                    "server is text-only"
+                    "the rendered messages contain image/video placeholder tokens but the request has no image parts"
                 )
             request = self._resolve_request(request_id, prompt_ids, dict(chat.sampling_params))
         except OpenAIRequestError:
             raise
         except (ValueError, TypeError, KeyError) as exc:  # template errors, _resolve_request's refusals
             raise OpenAIRequestError(f"{type(exc).__name__}: {exc}") from exc
-        out = await self._serve(request)
+        out = await self._serve(request, list(chat.images) or None, dict(chat.mm_processor_kwargs) or None)
         return self._chat_response(chat, request, out)
 
     def _render_chat(self, chat: ChatRequest) -> list[int]:
         """Messages → prompt ids: the checkpoint's chat template (processor's for a VL model), then the tokenizer
-        without special tokens added (the template already wrote them) — what vLLM's chat endpoint does."""
+        without special tokens added (the template already wrote them) — what vLLM's chat endpoint does. Each image
+        part renders as one ``<|image_pad|>``, which is then expanded to that image's token count
+        (:meth:`_expand_image_pads`), so the ids are what verl's agent loop would have built."""
         renderer = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
         if not getattr(renderer, "chat_template", None):
             raise OpenAIRequestError(f"{self.model_path} has no chat template; the chat endpoint needs one")
@@ -784,7 +861,29 @@ class HFServer:
             )
         except Exception as exc:  # jinja's TemplateError (e.g. raise_exception in the template) and friends
             raise OpenAIRequestError(f"the chat template rejected the messages: {type(exc).__name__}: {exc}") from exc
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        prompt_ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if chat.images:
+            prompt_ids = self._expand_image_pads(prompt_ids, list(chat.images), chat.mm_processor_kwargs)
+        return prompt_ids
+
+    def _expand_image_pads(self, prompt_ids: list[int], images: list, mm_processor_kwargs: Mapping) -> list[int]:
+        """Replace the i-th ``<|image_pad|>`` by ``grid_thw(image i).prod() // merge_size**2`` copies: the image
+        processor's own count, computed the way verl's agent loop inserts a tool image."""
+        image_processor = self.processor.image_processor
+        image_token_id = int(self.processor.image_token_id)
+        found = sum(1 for t in prompt_ids if t == image_token_id)
+        if found != len(images):
+            raise OpenAIRequestError(
+                f"the rendered messages hold {found} {self.processor.image_token} placeholder(s) for {len(images)} "
+                "image part(s); image placeholders must not be written as text"
+            )
+        merge = int(getattr(image_processor, "merge_size", 2))
+        grids = image_processor(images=images, **dict(mm_processor_kwargs or {}))["image_grid_thw"]
+        counts = iter([int(grid.prod()) // merge**2 for grid in grids])
+        expanded: list[int] = []
+        for token in prompt_ids:
+            expanded.extend([token] * next(counts) if token == image_token_id else [token])
+        return expanded
 
     def _chat_response(self, chat: ChatRequest, request: _Request, out: TokenOutput) -> dict:
         """OpenAI's ``chat.completion`` object for one finished request, with vLLM's text and finish semantics."""
@@ -1631,6 +1730,7 @@ __all__ = [
     "ROLLOUT_NAME",
     "SERVER_NAME_PREFIX",
     "chat_request",
+    "decode_image_url",
     "openai_app",
     "register",
     "server_actor_name",
