@@ -144,3 +144,27 @@ def test_sampled_eval_is_reproducible_with_a_seed(policy, workdir, tmp_path):
     assert [r.key for r in first] == [r.key for r in second] and len(first) == 6
     assert [[t.text for t in r.turns] for r in first] == [[t.text for t in r.turns] for r in second]
     assert {r.sample for r in first} == {0, 1}
+
+
+def test_openai_backend_evaluates_through_a_loopback_server_like_the_hf_backend(policy, workdir, tmp_path):
+    """`--backend openai` against the policy served over real HTTP (the hf server's OpenAI endpoint, as `vllm serve`
+    would serve it): same records, and the greedy first turn equals the in-process hf backend's."""
+    from visionr3.testing.hf_http import ServedHF
+
+    base = [a for a in eval_args(policy, workdir, tmp_path / "x.jsonl") if a != str(workdir / "vstar.parquet")]
+    hf_out, api_out = tmp_path / "hf.jsonl", tmp_path / "api.jsonl"
+
+    def args(out: Path, *extra: str) -> list[str]:
+        argv = list(base)
+        argv[argv.index("--out") + 1] = str(out)
+        return [*argv, "--limit", "2", *extra]
+
+    visionr3(*args(hf_out))
+    with ServedHF(policy, prompt_length=1024, response_length=384, temperature=0.0) as served:
+        visionr3(*args(api_out, "--backend", "openai", "--base-url", served.base_url, "--served-model", "policy"))
+    hf, api = read_records(hf_out), read_records(api_out)
+    assert [r.key for r in api] == [r.key for r in hf] and all(not r.error for r in api)
+    assert api[0].protocol["backend"] == "openai"
+    for a, b in zip(api, hf):
+        assert a.turns and a.turns[0].text == b.turns[0].text
+        assert [c.name for c in a.tool_calls] == [c.name for c in b.tool_calls]

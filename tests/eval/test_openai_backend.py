@@ -11,12 +11,10 @@ VLM-R3's inline crop appended inside the assistant turn).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import re
 import socket
-import threading
 
 import httpx
 import pytest
@@ -24,6 +22,7 @@ from PIL import Image, ImageDraw
 
 openai = pytest.importorskip("openai")
 
+from visionr3.testing.hf_http import ServedHF  # noqa: E402
 from visionr3.eval.openai_backend import (  # noqa: E402
     OpenAIBackendError,
     OpenAIChatClient,
@@ -78,35 +77,9 @@ def tokenizer(processor):
     return processor.tokenizer
 
 
-class Served:
-    """An HFServer whose event loop runs in a daemon thread; ``call`` runs one of its coroutines there."""
-
-    def __init__(self, model_dir) -> None:
-        from visionr3.platform.hf_rollout import HFServer
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="hf-server-loop", daemon=True)
-        self.thread.start()
-        config = {"prompt_length": 4096, "response_length": 64, "temperature": 1.0}
-        self.server = HFServer(config=config, model_config=str(model_dir))
-        host, port = self.call(self.server.start_http_server())
-        self.base_url = f"http://{host}:{port}/v1"
-
-    def call(self, coroutine, timeout: float = 300):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    async def acall(self, coroutine):
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
-
-    def close(self) -> None:
-        self.call(self.server.stop_http_server(), timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def served(model_dir):
-    served = Served(model_dir)
+    served = ServedHF(model_dir)
     yield served
     served.close()
 

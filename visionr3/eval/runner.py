@@ -306,7 +306,8 @@ class Evaluator:
                 raise EvalError("--backend openai needs --base-url (e.g. http://host:8000/v1)")
             return OpenAIChatClient(
                 base_url=s.base_url, model=s.served_model or s.model, api_key_env=s.api_key_env,
-                tokenizer=load_tokenizer(s.model),
+                tokenizer=load_tokenizer(s.model), prompt_length=int(rollout.prompt_length),
+                response_length=int(rollout.response_length),
             )
         raise EvalError(f"unknown backend {p.backend!r}: expected hf, vllm or openai")
 
