@@ -12,7 +12,7 @@ PIP := $(VENV)/bin/python -m pip
 STAMP := $(VENV)/.visionr3-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean-venv
+.PHONY: venv demo test clean-venv browser
 
 venv: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	@# lmms-eval (the `--model visionr3` plug-in, visionr3/eval/lmms.py) without its declared dependencies: they
+	@# include torchvision, which has no CPU build that fits torch 2.13 and would replace it, and ~40 packages its
+	@# core never imports. The first line is what its CLI, task loader and result writer do import. (`pip check`
+	@# lists lmms-eval's other requirements as missing: expected.)
+	$(PIP) install --quiet -c constraints.txt loguru sacrebleu evaluate pytz tenacity pytablewriter
+	$(PIP) install --quiet --no-deps lmms-eval==0.7.3
 	@# torchcodec (pulled by verl-core) is CUDA-linked and only decodes video/audio; on a CPU-only machine it
 	@# breaks imports that probe it (libnvrtc missing). See NOTE.md "CPU image-processing path".
 	@if ! $(VENV)/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
@@ -34,8 +40,17 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/visionr3 demo
 
-test: venv
+test: venv browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The viewer's browser test renders reports in Debian's Chromium (headless, no network). Installed here when missing
+# and this user may run apt-get (CI runs as root); elsewhere the test skips itself, except under CI=true, where a
+# missing browser fails the test instead of hiding it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; } && \
+		echo "installed $$(chromium --version)"; } || echo "chromium not installed: the viewer's browser test will skip"
 
 clean-venv:
 	rm -rf $(VENV)
