@@ -1,9 +1,13 @@
-"""The end-to-end runs, two at a time: the CPU demo and every recipe's CPU variant.
+"""The end-to-end runs, two at a time, in the background: the CPU demo and every recipe's CPU variant.
 
 Each run is a `visionr3 ...` subprocess with its own Ray instance, and mostly start-up and waiting (Ray, workers,
 model loads), so two of them take little more wall time than one on 2 cores. Two at a time, not more: each needs
-about 5 GB, and four at once ran out of 24 GB. The session fixture starts them all the first time an e2e test asks,
-and each test then checks its own run's outputs.
+about 5 GB, and four at once ran out of 24 GB.
+
+The pool starts as soon as collection has picked the e2e tests (after `-m`/`-k` deselection), in a background
+thread, and the e2e tests are moved to the end of the session: the rest of the suite runs while the trainers start
+up, and each e2e test then waits only for its own run. (Started from the first e2e test instead, the session sat idle
+for the pool's ~5 minutes.)
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +45,6 @@ class Run:
 
     def check(self) -> None:
         assert self.returncode == 0, f"{self.returncode}; {self.log}:\n" + self.log.read_text(errors="replace")[-6000:]
-
-
-@pytest.fixture(scope="session")
-def judge():
-    """The loopback stand-in for a remote judge API (the judged recipes' `visionr3.reward.judge.base_url`)."""
-    with OpenAIStubServer() as server:
-        yield server
 
 
 def rows_for(recipe: str, directory: Path) -> Path:
@@ -85,39 +84,122 @@ def recipe_command(recipe: str, directory: Path, judge_url: str) -> list[str]:
     return command
 
 
-@pytest.fixture(scope="session")
-def e2e_runs(judge, tmp_path_factory) -> dict[str, Run]:
-    """`demo` (2 GRPO steps of 2 prompts x 8, then merge) and `recipe:<name>` for each recipe (one step)."""
-    root = tmp_path_factory.mktemp("e2e")
-    policy_for("zoom")  # build (or find) the cached warm-up once, before the runs compete for the cores
-    jobs: dict[str, tuple[list[str], Path]] = {
-        "demo": ([VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"),
-    }
-    for recipe in RECIPES:
-        directory = root / recipe
-        directory.mkdir(parents=True)
-        jobs[f"recipe:{recipe}"] = (recipe_command(recipe, directory, judge.base_url), directory)
-    waiting, running, results = list(jobs), {}, {}
-    deadline = time.monotonic() + 2400
-    while waiting or running:
-        while waiting and len(running) < PARALLEL:
-            name = waiting.pop(0)
-            command, directory = jobs[name]
+class Pool:
+    """The e2e subprocesses, scheduled PARALLEL at a time by a daemon thread; :meth:`result` waits for one run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.judge = OpenAIStubServer()
+        self.results: dict[str, Run] = {}
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.stopping = False
+        self.running: dict[str, subprocess.Popen] = {}
+        self.thread = threading.Thread(target=self._run_all, name="e2e-pool", daemon=True)
+
+    def start(self) -> "Pool":
+        self.judge.__enter__()
+        self.thread.start()
+        return self
+
+    def _jobs(self) -> dict[str, tuple[list[str], Path]]:
+        root = self.root
+        jobs: dict[str, tuple[list[str], Path]] = {
+            "demo": ([VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"),
+        }
+        for recipe in RECIPES:
+            directory = root / recipe
             directory.mkdir(parents=True, exist_ok=True)
-            log = directory / "run.log"
-            env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(directory / "metrics.jsonl")}
-            if name == "demo":
-                env.pop("VERL_FILE_LOGGER_PATH")  # the demo names its own metrics file
-            with open(log, "w") as out:
-                process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=directory, env=env)
-            running[name] = (process, log, directory)
-        for name, (process, log, directory) in list(running.items()):
-            if process.poll() is not None:
-                results[name] = Run(process.returncode, log, directory)
-                del running[name]
-            elif time.monotonic() > deadline:
+            jobs[f"recipe:{recipe}"] = (recipe_command(recipe, directory, self.judge.base_url), directory)
+        return jobs
+
+    def _run_all(self) -> None:
+        try:
+            policy_for("zoom")  # build (or find) the cached warm-up once, before the runs compete for the cores
+            jobs = self._jobs()
+            waiting, running = list(jobs), {}
+            deadline = time.monotonic() + 2400
+            while (waiting or running) and not self.stopping:
+                while waiting and len(running) < PARALLEL:
+                    name = waiting.pop(0)
+                    command, directory = jobs[name]
+                    directory.mkdir(parents=True, exist_ok=True)
+                    log = directory / "run.log"
+                    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(directory / "metrics.jsonl")}
+                    if name == "demo":
+                        env.pop("VERL_FILE_LOGGER_PATH")  # the demo names its own metrics file
+                    with open(log, "w") as out:
+                        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=directory, env=env)
+                    running[name] = (process, log, directory)
+                    self.running[name] = process
+                for name, (process, log, directory) in list(running.items()):
+                    if process.poll() is not None:
+                        self.results[name] = Run(process.returncode, log, directory)
+                        del running[name], self.running[name]
+                    elif time.monotonic() > deadline:
+                        process.kill()
+                        self.results[name] = Run("timeout", log, directory)
+                        del running[name], self.running[name]
+                time.sleep(1)
+        except BaseException as exc:  # surfaced by result(), in the test that asks
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> dict[str, Run]:
+        self.done.wait()
+        if self.error is not None:
+            raise RuntimeError(f"the e2e pool failed: {self.error!r}") from self.error
+        return self.results
+
+    def close(self) -> None:
+        """End of session: a run still going (an early failure with -x, Ctrl-C) is killed, never left behind."""
+        self.stopping = True
+        for process in list(self.running.values()):
+            if process.poll() is None:
                 process.kill()
-                results[name] = Run("timeout", log, directory)
-                del running[name]
-        time.sleep(1)
-    return results
+                process.wait(timeout=30)
+        self.thread.join(timeout=30)
+        self.judge.__exit__(None, None, None)
+
+
+_POOL: Pool | None = None
+
+
+def _is_e2e(item) -> bool:
+    return Path(str(item.fspath)).parent == Path(__file__).parent
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection
+def pytest_collection_modifyitems(session, config, items):
+    global _POOL
+    e2e = [item for item in items if _is_e2e(item)]
+    if not e2e or _POOL is not None or config.option.collectonly:
+        return
+    items[:] = [item for item in items if not _is_e2e(item)] + e2e
+    if any(item.get_closest_marker("slow") is None or "e2e_runs" in getattr(item, "fixturenames", ()) for item in e2e):
+        factory = getattr(config, "_tmp_path_factory", None)
+        root = factory.mktemp("e2e") if factory is not None else Path(tempfile.mkdtemp(prefix="visionr3-e2e-"))
+        _POOL = Pool(root).start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _POOL is not None:
+        _POOL.close()
+
+
+@pytest.fixture(scope="session")
+def judge():
+    """The loopback stand-in for a remote judge API (the judged recipes' `visionr3.reward.judge.base_url`)."""
+    if _POOL is None:
+        pytest.skip("the e2e pool was not started (no e2e test selected at collection)")
+    return _POOL.judge
+
+
+@pytest.fixture(scope="session")
+def e2e_runs() -> dict[str, Run]:
+    """`demo` (2 GRPO steps of 2 prompts x 8, then merge) and `recipe:<name>` for each recipe (one step), started
+    at collection; this waits for them."""
+    if _POOL is None:
+        pytest.skip("the e2e pool was not started (no e2e test selected at collection)")
+    return _POOL.result()

@@ -131,40 +131,44 @@ def test_eval_cli_records_protocol_shuffling_summary_and_resume(policy, workdir)
 
 
 def test_sampled_eval_is_reproducible_with_a_seed(policy, workdir, tmp_path):
+    """k=2 at T=1: the same rows evaluated twice give the same turns (seeds come from the protocol seed, the sample
+    index, the question and the turn, not from the order requests reach the engine)."""
+    import pyarrow.parquet as pq
+
     from visionr3.eval.runner import EvalSettings, Evaluator
 
-    def run(out: Path) -> list:
-        protocol = EvalProtocol(recipe="zoom", samples=2, temperature=1.0, seed=5, max_response_tokens=256, max_prompt_tokens=1024)
-        settings = EvalSettings(model=policy, out=str(out), protocol=protocol, data=[str(workdir / "marks.parquet")],
-                                config_name="cpu", batch_size=3, progress=False, save_images=False)
-        with Evaluator(settings) as evaluator:
-            return evaluator.run()
-
-    first, second = run(tmp_path / "a.jsonl"), run(tmp_path / "b.jsonl")
+    protocol = EvalProtocol(recipe="zoom", samples=2, temperature=1.0, seed=5, max_response_tokens=256, max_prompt_tokens=1024)
+    settings = EvalSettings(model=policy, out=str(tmp_path / "a.jsonl"), protocol=protocol, data=[str(workdir / "marks.parquet")],
+                            config_name="cpu", batch_size=3, progress=False, save_images=False)
+    rows = pq.read_table(workdir / "marks.parquet").to_pylist()
+    with Evaluator(settings) as evaluator:
+        runs = [[r for k in (0, 1) for r in evaluator.run_rows(rows, data_file="marks", sample=k)] for _ in range(2)]
+    first, second = runs
     assert [r.key for r in first] == [r.key for r in second] and len(first) == 6
-    assert [[t.text for t in r.turns] for r in first] == [[t.text for t in r.turns] for r in second]
     assert {r.sample for r in first} == {0, 1}
+    assert [[t.text for t in r.turns] for r in first] == [[t.text for t in r.turns] for r in second]
 
 
 def test_openai_backend_evaluates_through_a_loopback_server_like_the_hf_backend(policy, workdir, tmp_path):
-    """`--backend openai` against the policy served over real HTTP (the hf server's OpenAI endpoint, as `vllm serve`
+    """`backend=openai` against the policy served over real HTTP (the hf server's OpenAI endpoint, as `vllm serve`
     would serve it): same records, and the greedy first turn equals the in-process hf backend's."""
+    from visionr3.eval.runner import EvalSettings, Evaluator
     from visionr3.testing.hf_http import ServedHF
 
-    base = [a for a in eval_args(policy, workdir, tmp_path / "x.jsonl") if a != str(workdir / "vstar.parquet")]
-    hf_out, api_out = tmp_path / "hf.jsonl", tmp_path / "api.jsonl"
+    def run(out: Path, backend: str, base_url: str | None = None) -> list:
+        protocol = EvalProtocol(recipe="zoom", backend=backend, max_response_tokens=384, max_prompt_tokens=1024)
+        settings = EvalSettings(model=policy, out=str(out), protocol=protocol, data=[str(workdir / "marks.parquet")],
+                                config_name="cpu", limit=2, progress=False, save_images=False, base_url=base_url,
+                                served_model="policy")
+        with Evaluator(settings) as evaluator:
+            return evaluator.run()
 
-    def args(out: Path, *extra: str) -> list[str]:
-        argv = list(base)
-        argv[argv.index("--out") + 1] = str(out)
-        return [*argv, "--limit", "2", *extra]
-
-    visionr3(*args(hf_out))
+    hf = run(tmp_path / "hf.jsonl", "hf")
     with ServedHF(policy, prompt_length=1024, response_length=384, temperature=0.0) as served:
-        visionr3(*args(api_out, "--backend", "openai", "--base-url", served.base_url, "--served-model", "policy"))
-    hf, api = read_records(hf_out), read_records(api_out)
+        api = run(tmp_path / "api.jsonl", "openai", served.base_url)
     assert [r.key for r in api] == [r.key for r in hf] and all(not r.error for r in api)
     assert api[0].protocol["backend"] == "openai"
+    assert {k: v for k, v in api[0].protocol.items() if k != "backend"} == {k: v for k, v in hf[0].protocol.items() if k != "backend"}
     for a, b in zip(api, hf):
         assert a.turns and a.turns[0].text == b.turns[0].text
         assert [c.name for c in a.tool_calls] == [c.name for c in b.tool_calls]

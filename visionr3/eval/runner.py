@@ -274,6 +274,7 @@ class Evaluator:
         self.judge = judge_settings(config, self.protocol.scoring)
         self.recipe_reward = str(OmegaConf.select(config, "visionr3.reward.recipe") or "visionr3")
         self.reward_params = OmegaConf.to_container(config.visionr3.reward.params, resolve=True) if "visionr3" in config else {}
+        self.check_resume()  # before any model is loaded: a refused resume should cost seconds, not a model load
         self.loop = asyncio.new_event_loop()
         self.inner_client = self._make_client()
         self.worker = self._make_worker()
@@ -540,17 +541,26 @@ class Evaluator:
         rows = table.to_pylist()
         return rows[: self.settings.limit] if self.settings.limit else rows
 
-    def run(self, on_record: Callable[[SampleRecord], None] | None = None) -> list[SampleRecord]:
-        """Evaluate every data file × k samples into ``settings.out``, resuming from what it already holds.
-
-        Returns every record of the file (old and new)."""
+    def check_resume(self) -> list[SampleRecord]:
+        """The records ``settings.out`` already holds; ``EvalError`` if they were made under another protocol."""
         out = Path(self.settings.out)
-        previous = read_records(out)
+        try:
+            previous = read_records(out)
+        except ValueError as exc:
+            raise EvalError(f"cannot resume: {exc}") from exc
         for record in previous[:1]:
             diff = self.protocol.differences(record.protocol)
             if diff:
                 knobs = ", ".join(f"{k}: file {b!r} vs now {a!r}" for k, (a, b) in diff.items())
                 raise EvalError(f"{out} was written under another protocol ({knobs}); use a new --out or the same settings")
+        return previous
+
+    def run(self, on_record: Callable[[SampleRecord], None] | None = None) -> list[SampleRecord]:
+        """Evaluate every data file × k samples into ``settings.out``, resuming from what it already holds.
+
+        Returns every record of the file (old and new)."""
+        out = Path(self.settings.out)
+        previous = self.check_resume()
         done = {r.key for r in previous}
         todo: list[tuple[int, str, int, dict, dict]] = []
         for data_file in self.settings.data:
