@@ -172,3 +172,50 @@ def test_openai_backend_evaluates_through_a_loopback_server_like_the_hf_backend(
     for a, b in zip(api, hf):
         assert a.turns and a.turns[0].text == b.turns[0].text
         assert [c.name for c in a.tool_calls] == [c.name for c in b.tool_calls]
+
+
+EVAL_FORMATS = {  # format -> (benchmark name in the records, source image size of test_prepare's builders)
+    "vstar": ("vstar", (1600, 1200)), "mmvp": ("mmvp", (224, 224)), "cvbench": ("cvbench", (512, 384)),
+    "hrbench": ("hrbench_4k", (1024, 768)), "mme_realworld": ("mme_realworld", (1500, 1000)),
+}
+
+
+def test_every_benchmark_format_evaluates_with_shuffled_options_and_a_summary(tmp_path):
+    """Small synthetic files in V*, MMVP, CV-Bench, HR-Bench and MME-RealWorld formats (tests/data/test_prepare.py's
+    builders) → `visionr3 prepare` → one eval of all five on the random tiny model: every row is asked with its
+    options shuffled, graded against the shuffled letter, and summarised per benchmark and category."""
+    import importlib.util
+
+    from visionr3.data.prepare import prepare
+    from visionr3.eval.runner import EvalSettings, Evaluator
+    from visionr3.eval.summary import summarize
+    from visionr3.testing.tiny_model import tiny_model_dir
+
+    spec = importlib.util.spec_from_file_location("prepare_fixtures", Path(__file__).parents[1] / "data" / "test_prepare.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    files = []
+    for fmt in EVAL_FORMATS:
+        source, _ = fixtures.BUILDERS[fmt](tmp_path / fmt)
+        prepare(fmt, source, tmp_path / f"{fmt}.parquet", progress=False)
+        files.append(str(tmp_path / f"{fmt}.parquet"))
+
+    protocol = EvalProtocol(recipe="zoom", max_response_tokens=64, max_prompt_tokens=2048)
+    settings = EvalSettings(model=str(tiny_model_dir("qwen2_5_vl")), out=str(tmp_path / "all.jsonl"), protocol=protocol,
+                            data=files, config_name="cpu", batch_size=10, progress=False)
+    with Evaluator(settings) as evaluator:
+        records = evaluator.run()
+    sizes = dict(EVAL_FORMATS.values())
+    assert sorted({r.benchmark for r in records}) == sorted(sizes) and len(records) == 10
+    for r in records:
+        assert not r.error, r.error
+        assert r.image_size == list(sizes[r.benchmark]) and (tmp_path / r.images[0]).exists()
+        assert r.option_order == option_order(len(r.options), seed=0, benchmark=r.benchmark, sample_id=r.sample_id)
+        assert r.options[LETTERS.index(r.answer)] == r.answer_text
+        assert r.correct == (r.reward["accuracy"] >= 0.5) and r.turns and r.num_turns >= 1
+    mme = [r for r in records if r.benchmark == "mme_realworld"]
+    assert {r.category for r in mme} == {"Remote Sensing/color"}
+    rows = {(row.benchmark, row.category): row for row in summarize(records)}
+    assert rows[("mmvp", "overall")].pairs is not None  # MMVP's pair metric (both questions of pair 0 are here)
+    assert ("cvbench", "Count") in rows and ("cvbench", "Depth") in rows
+    assert rows[("ALL", "macro")].questions == 10
