@@ -219,3 +219,28 @@ def test_every_benchmark_format_evaluates_with_shuffled_options_and_a_summary(tm
     assert rows[("mmvp", "overall")].pairs is not None  # MMVP's pair metric (both questions of pair 0 are here)
     assert ("cvbench", "Count") in rows and ("cvbench", "Depth") in rows
     assert rows[("ALL", "macro")].questions == 10
+
+
+def test_judge_scoring_asks_the_recipes_judge_and_survives_its_faults(policy, workdir, tmp_path):
+    """`scoring=judge`: the zoom recipe's judge (DeepEyes' prompt) over loopback HTTP, with a fault on the first
+    attempt of every request (429s, 5xx, hangs, malformed bodies): every answer is judged, none is lost."""
+    from visionr3.eval.runner import EvalSettings, Evaluator
+    from visionr3.testing.openai_server import FaultRates, OpenAIStubServer
+
+    with OpenAIStubServer(faults=FaultRates.mix(1.0), faults_on_first_attempt_only=True, hang=2.0) as judge:
+        protocol = EvalProtocol(recipe="zoom", scoring="judge", max_response_tokens=384, max_prompt_tokens=1024)
+        overrides = [f"visionr3.reward.judge.base_url={judge.base_url}", f"visionr3.reward.judge.model={judge.model}",
+                     "visionr3.reward.judge.timeout=1", "visionr3.reward.judge.api_key_env=null"]
+        settings = EvalSettings(model=policy, out=str(tmp_path / "judged.jsonl"), protocol=protocol, overrides=overrides,
+                                data=[str(workdir / "marks.parquet")], config_name="cpu", progress=False, save_images=False)
+        with Evaluator(settings) as evaluator:
+            records = evaluator.run()
+        asked = judge.requests
+    answered = [r for r in records if r.prediction]
+    # the first attempt at each distinct judge prompt faults, and its retry answers (identical prompts fault once)
+    assert answered and asked > len(answered)
+    for r in records:
+        assert r.protocol["scoring"] == "judge" and r.protocol["judge_model"] == judge.model
+        assert r.reward["judge_failed"] == 0.0
+        assert r.reward["judged"] == (1.0 if r.prediction else 0.0)
+        assert r.correct == (r.prediction.strip().lower() == r.answer.lower())  # the stub judges by exact match

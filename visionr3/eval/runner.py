@@ -404,6 +404,9 @@ class Evaluator:
     def run_prepared(self, prepared: list[tuple[dict, dict]], *, data_file: str, start_row: int, sample: int) -> list[SampleRecord]:
         import torch
 
+        from visionr3.reward.formulas import get_recipe
+        from visionr3.reward.score import score_input
+
         from visionr3.eval.backends import SeededClient
 
         client = self.inner_client if self.protocol.greedy else SeededClient(self.inner_client, self.protocol.seed + sample)
@@ -417,10 +420,24 @@ class Evaluator:
             seconds = (time.perf_counter() - start) / max(1, len(prepared))
             return [self._failed_record(fields, data_file, start_row + i, sample, f"{type(exc).__name__}: {exc}", seconds) for i, (_, fields) in enumerate(prepared)]
         seconds = (time.perf_counter() - start) / max(1, len(prepared))
-        records = []
-        for i, (item, fields) in enumerate(prepared):
-            records.append(self._record(output, i, item, fields, data_file=data_file, row=start_row + i, sample=sample, seconds=seconds))
-        return records
+        scored = [
+            self._record(output, i, item, fields, data_file=data_file, row=start_row + i, sample=sample, seconds=seconds)
+            for i, (item, fields) in enumerate(prepared)
+        ]
+        # the batch's rewards together: with a judge, its calls overlap (the client bounds its own concurrency)
+        async def score_all() -> list:
+            return await asyncio.gather(
+                *(score_input(inp, self.recipe_reward, self.reward_params or None, self.judge) for _, inp in scored)
+            )
+
+        results = self.loop.run_until_complete(score_all())
+        for (record, inp), result in zip(scored, results):
+            record.prediction = get_recipe(self.recipe_reward).prediction(inp) or ""
+            scores = result.as_verl_dict()
+            record.score = float(scores.pop("score"))
+            record.reward = scores
+            record.correct = float(result.components.get("accuracy", 0.0)) >= 0.5
+        return [record for record, _ in scored]
 
     def _batch(self, items: list[dict]):
         from verl.protocol import DataProto
@@ -448,10 +465,10 @@ class Evaluator:
         record.error = error
         return record
 
-    def _record(self, output: Any, i: int, item: dict, fields: dict, *, data_file: str, row: int, sample: int, seconds: float) -> SampleRecord:
+    def _record(self, output: Any, i: int, item: dict, fields: dict, *, data_file: str, row: int, sample: int, seconds: float) -> tuple[SampleRecord, Any]:
+        """The record of trajectory ``i`` (everything but its score) and the ``RewardInput`` to score it with."""
         from visionr3.processing import open_image, seen_size
-        from visionr3.reward.formulas import get_recipe
-        from visionr3.reward.score import reward_input, score_input
+        from visionr3.reward.score import reward_input
 
         record = self._base_record(fields, data_file, row, sample, seconds)
         tok = self.tokenizer
@@ -515,14 +532,7 @@ class Evaluator:
             if key in nt and nt[key][i] is not None:
                 info[key] = nt[key][i]
         solution = tok.decode(response, skip_special_tokens=True)
-        inp = reward_input(item["data_source"], solution, item["reward_model"].get("ground_truth"), info)
-        result = self.loop.run_until_complete(score_input(inp, self.recipe_reward, self.reward_params or None, self.judge))
-        record.prediction = get_recipe(self.recipe_reward).prediction(inp) or ""
-        scores = result.as_verl_dict()
-        record.score = float(scores.pop("score"))
-        record.reward = scores
-        record.correct = float(result.components.get("accuracy", 0.0)) >= 0.5
-        return record
+        return record, reward_input(item["data_source"], solution, item["reward_model"].get("ground_truth"), info)
 
     # -- files --
 
