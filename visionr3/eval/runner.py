@@ -331,6 +331,10 @@ class Evaluator:
         close = getattr(self.inner_client, "aclose", None)
         if callable(close):
             self.loop.run_until_complete(close())
+        if self.protocol.scoring == "judge":  # the judge clients this loop opened (their HTTP sessions)
+            from visionr3.reward.judge import close_judge_clients
+
+            self.loop.run_until_complete(close_judge_clients())
         self.loop.close()
 
     def __enter__(self) -> "Evaluator":
