@@ -228,6 +228,17 @@ def fetch_image(
     return image.resize((width, height), resample=Image.Resampling.BICUBIC)
 
 
+def save_display_copy(image: Image.Image, path: str | os.PathLike, max_side: int, quality: int = 88) -> None:
+    """A JPEG copy of ``image`` at most ``max_side`` pixels on its long side, for people to look at (eval records,
+    rollout dumps): never a model input, and boxes drawn on it stay in the source image's pixels."""
+    image = image.convert("RGB")
+    scale = max(image.size) / max_side
+    if scale > 1:
+        image = image.resize((max(1, round(image.width / scale)), max(1, round(image.height / scale))))
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    image.save(path, format="JPEG", quality=quality)
+
+
 def image_items(messages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The image content items of a chat, in the order the chat template renders them.
 

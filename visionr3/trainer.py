@@ -233,6 +233,8 @@ def _register() -> None:
 
             import transfer_queue as tq
 
+            from visionr3.processing import save_display_copy
+
             data = tq.kv_batch_get(keys=list(keys), partition_id=batch.partition_id, select_fields=["extra_fields", "raw_prompt"])
             extra, prompts = data["extra_fields"], data["raw_prompt"]
             rows = list(extra.tolist()) if hasattr(extra, "tolist") else list(extra)
@@ -246,12 +248,9 @@ def _register() -> None:
                 images.append(image)
 
             def write_images() -> None:  # on verl's dump thread, before the JSONL that references them
-                os.makedirs(os.path.join(dump_path, folder), exist_ok=True)
                 for name, image in zip(names, images):
                     if image is not None:
-                        image = image.convert("RGB")
-                        image.thumbnail((DUMP_IMAGE_MAX_SIDE, DUMP_IMAGE_MAX_SIDE))
-                        image.save(os.path.join(dump_path, name), format="JPEG", quality=85)
+                        save_display_copy(image, os.path.join(dump_path, name), DUMP_IMAGE_MAX_SIDE, quality=85)
 
             self._dump_futures.append(self._dump_executor.submit(write_images))
             columns = dump_columns(rows, names)

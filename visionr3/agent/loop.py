@@ -29,8 +29,10 @@ with the ``agent_name`` column. What it adds to verl's loop, and why:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -114,18 +116,20 @@ def question_text(extra_info: dict | None, raw_prompt: list[dict]) -> str:
     return ""
 
 
-def mask_runs(response_mask: list[int]) -> list[tuple[int, int]]:
-    """``[start, end)`` spans of consecutive 1s: the assistant's own tokens, one span per generated segment."""
-    runs, start = [], None
-    for i, bit in enumerate(response_mask):
-        if bit and start is None:
-            start = i
-        elif not bit and start is not None:
-            runs.append((start, i))
-            start = None
-    if start is not None:
-        runs.append((start, len(response_mask)))
+def value_runs(mask: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(value, start, end)`` for each maximal run of equal values in ``mask``: in a response mask, the generated
+    segments (1) and what the loop inserted between them (0)."""
+    runs, start = [], 0
+    for value, group in itertools.groupby(mask):
+        end = start + sum(1 for _ in group)
+        runs.append((int(value), start, end))
+        start = end
     return runs
+
+
+def mask_runs(response_mask: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` spans of consecutive 1s: the assistant's own tokens, one span per generated segment."""
+    return [(start, end) for value, start, end in value_runs(response_mask) if value]
 
 
 @dataclass

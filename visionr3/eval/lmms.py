@@ -57,7 +57,6 @@ only (no ``accelerate launch``: with ``backend=vllm`` use ``tensor_parallel_size
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections import Counter
@@ -367,12 +366,9 @@ class VisionR3(lmms):
         record = self._done.get(key)
         if record is None:
             return None
-        protocol = json.loads(json.dumps(evaluator.protocol.as_dict()))  # as the file has it (lists, not tuples)
-        if record.protocol != protocol or record.model != self.pretrained:
-            diff = evaluator.protocol.differences(record.protocol)
-            what = ", ".join(f"{k}: file {b!r} vs now {a!r}" for k, (a, b) in diff.items()) or (
-                f"model: file {record.model!r} vs now {self.pretrained!r}"
-            )
+        knobs = evaluator.protocol.mismatch(record.protocol)
+        if knobs or record.model != self.pretrained:
+            what = knobs or f"model: file {record.model!r} vs now {self.pretrained!r}"
             raise ValueError(f"{self.records_path} already holds {key} from another run ({what}); use a new records=")
         return record
 

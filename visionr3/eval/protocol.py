@@ -13,6 +13,7 @@ samples of one question see the same order (so Avg@k averages sampling noise, no
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,9 +65,14 @@ class EvalProtocol:
         return asdict(self)
 
     def differences(self, other: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-        """``{knob: (this run's value, the other's)}`` for every knob that differs from a recorded protocol."""
-        mine = self.as_dict()
+        """``{knob: (this run's value, the other's)}`` for every knob that differs from a recorded protocol, compared
+        as a JSON record stores them (tuples read back as lists)."""
+        mine = json.loads(json.dumps(self.as_dict()))
         return {k: (mine.get(k), other.get(k)) for k in sorted(set(mine) | set(other)) if mine.get(k) != other.get(k)}
+
+    def mismatch(self, other: Mapping[str, Any]) -> str:
+        """``""`` when a recorded protocol is this one, else ``"knob: file X vs now Y, ..."`` for error messages."""
+        return ", ".join(f"{k}: file {b!r} vs now {a!r}" for k, (a, b) in self.differences(other).items())
 
 
 def option_order(num_options: int, *, seed: int, benchmark: str, sample_id: str) -> list[int]:

@@ -53,6 +53,15 @@ class ToolCall:
     image: int | None = None
 
 
+    @classmethod
+    def from_log(cls, entry: dict[str, Any]) -> "ToolCall":
+        """A call from the agent loop's ``tool_call_log`` entry (``visionr3.agent.loop.call_log_entry``)."""
+        return cls(
+            name=str(entry.get("name")), arguments=entry.get("arguments"), valid=bool(entry.get("valid")),
+            error=entry.get("error"), box=entry.get("box"),
+        )
+
+
 @dataclass
 class SampleRecord:
     """One evaluated sample. ``key`` = ``{benchmark}/{sample_id}#{sample}`` is unique within a results file."""

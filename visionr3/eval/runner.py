@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import io
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from visionr3.agent.loop import value_runs
 from visionr3.eval.protocol import EvalProtocol, shuffle_row
 from visionr3.eval.records import RecordWriter, SampleRecord, ToolCall, Turn, read_records, sample_key
 
@@ -176,7 +176,7 @@ def resolve_protocol(config: Any, settings: EvalSettings) -> tuple[EvalProtocol,
                 config.data.tool_config_path = tools_written
         rollout.multi_turn.max_assistant_turns = int(max_turns)
 
-    judge = OmegaConf.to_container(config.visionr3.reward.judge, resolve=True) if "visionr3" in config else {}
+    judge = judge_settings(config, p.scoring)
     resolved = replace(
         p,
         agent_loop=agent_name,
@@ -185,9 +185,7 @@ def resolve_protocol(config: Any, settings: EvalSettings) -> tuple[EvalProtocol,
         max_pixels=_int_or_none(OmegaConf.select(config, "data.max_pixels")),
         crop_min_pixels=_int_or_none(crop_min),
         crop_max_pixels=_int_or_none(crop_max),
-        judge_model=(str(judge.get("model") or judge.get("client", {}).get("model") or "") or None)
-        if p.scoring == "judge"
-        else None,
+        judge_model=(str(judge.get("model") or "") or None) if p.scoring == "judge" else None,
     )
     return resolved, config
 
@@ -212,18 +210,6 @@ def judge_settings(config: Any, scoring: str) -> dict[str, Any]:
 # ---- turning verl's output into records -----------------------------------------------------------------------------
 
 
-def mask_runs(mask: Sequence[int]) -> list[tuple[int, int, int]]:
-    """``(value, start, end)`` for each maximal run of equal values in ``mask`` (pure)."""
-    runs: list[tuple[int, int, int]] = []
-    start = 0
-    for i in range(1, len(mask) + 1):
-        if i == len(mask) or mask[i] != mask[start]:
-            if len(mask):
-                runs.append((int(mask[start]), start, i))
-            start = i
-    return runs
-
-
 def clean_turn_text(text: str) -> str:
     """A decoded turn (special tokens kept) for reading: images as ``<image>``, chat markers and role headers
     dropped."""
@@ -235,17 +221,6 @@ def clean_turn_text(text: str) -> str:
     while lines and lines[-1].strip() in ("", "user", "tool", "assistant"):
         lines.pop()
     return "\n".join(lines)
-
-
-def display_copy(image: Any, path: Path, max_side: int = DISPLAY_MAX_SIDE) -> None:
-    """A JPEG copy of ``image`` at most ``max_side`` pixels on its long side (display only; boxes stay in source
-    pixels)."""
-    image = image.convert("RGB")
-    scale = max(image.size) / max_side
-    if scale > 1:
-        image = image.resize((max(1, round(image.width / scale)), max(1, round(image.height / scale))))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="JPEG", quality=88)
 
 
 def _safe(text: str) -> str:
@@ -274,7 +249,8 @@ class Evaluator:
         self.judge = judge_settings(config, self.protocol.scoring)
         self.recipe_reward = str(OmegaConf.select(config, "visionr3.reward.recipe") or "visionr3")
         self.reward_params = OmegaConf.to_container(config.visionr3.reward.params, resolve=True) if "visionr3" in config else {}
-        self.check_resume()  # before any model is loaded: a refused resume should cost seconds, not a model load
+        # before any model is loaded: a refused resume should cost seconds, not a model load
+        self.previous: list[SampleRecord] = self.check_resume()
         self.loop = asyncio.new_event_loop()
         self.inner_client = self._make_client()
         self.worker = self._make_worker()
@@ -347,7 +323,8 @@ class Evaluator:
 
     def prepare_row(self, row: Mapping[str, Any], *, data_file: str, row_number: int) -> tuple[dict, dict]:
         """A parquet-form row → (the dataset item verl's worker takes, the record's question fields)."""
-        from verl.utils.dataset.rl_dataset import RLHFDataset
+        from visionr3.data.dataset import raw_prompt
+        from visionr3.reward.score import ground_truth_text
 
         row = {k: copy.deepcopy(v) if k != "images" else v for k, v in row.items()}
         info = dict(row.get("extra_info") or {})
@@ -357,7 +334,7 @@ class Evaluator:
         benchmark = str(info.get("benchmark") or row.get("data_source") or Path(data_file).stem or "eval")
         sample_id = str(info.get("source_id") or info.get("index") or row_number)
         fields: dict[str, Any] = {
-            "benchmark": benchmark, "sample_id": sample_id, "category": str(info.get("category") or ""),
+            "data_file": data_file, "row": row_number, "benchmark": benchmark, "sample_id": sample_id, "category": str(info.get("category") or ""),
             "question": str(info.get("question_stem") or info.get("question") or ""),
             "extra": {k: info[k] for k in ("pair_id", "type", "source_dataset", "cycle_category") if k in info},
         }
@@ -375,19 +352,16 @@ class Evaluator:
             row["reward_model"] = {**dict(row.get("reward_model") or {}), "ground_truth": shown.answer}
             fields.update(options=shown.options, answer=shown.answer, answer_text=shown.answer_text, option_order=shown.order)
         else:
-            gt = (row.get("reward_model") or {}).get("ground_truth")
-            fields.update(answer="/".join(map(str, gt)) if isinstance(gt, (list, tuple)) else str(gt or ""))
+            fields.update(answer=ground_truth_text((row.get("reward_model") or {}).get("ground_truth")))
         fields["prompt"] = "\n".join(str(m.get("content", "")) for m in prompt if m.get("role") == "user")
         images = list(row.get("images") or [])
-        example = {"prompt": prompt, "images": images}
-        fake_dataset = _DatasetView()
         try:
-            raw_prompt = RLHFDataset._build_messages(fake_dataset, example, key="prompt")
+            messages = raw_prompt(prompt, images)
         except Exception as exc:
             raise EvalError(f"{data_file}: row {row_number}: cannot build the prompt ({exc})") from exc
         item = {
             "data_source": str(row.get("data_source") or benchmark),
-            "raw_prompt": raw_prompt,
+            "raw_prompt": messages,
             "reward_model": row.get("reward_model") or {"ground_truth": ""},
             "extra_info": info,
             "index": int(info.get("index", row_number) if str(info.get("index", "")).isdigit() else row_number),
@@ -403,31 +377,30 @@ class Evaluator:
     ) -> list[SampleRecord]:
         """Evaluate ``rows`` (one trajectory each, sample index ``sample``) and return their records."""
         prepared = [self.prepare_row(r, data_file=data_file, row_number=start_row + i) for i, r in enumerate(rows)]
-        return self.run_prepared(prepared, data_file=data_file, start_row=start_row, sample=sample)
+        return self.run_prepared(prepared, sample=sample)
 
-    def run_prepared(self, prepared: list[tuple[dict, dict]], *, data_file: str, start_row: int, sample: int) -> list[SampleRecord]:
-        import torch
-
+    def run_prepared(self, prepared: list[tuple[dict, dict]], *, sample: int) -> list[SampleRecord]:
+        """Evaluate rows made by :meth:`prepare_row` (any mix of files) as one batch of trajectories."""
+        from visionr3.data.dataset import build_gen_batch, validation_meta_info
+        from visionr3.eval.backends import SeededClient
         from visionr3.reward.formulas import get_recipe
         from visionr3.reward.score import score_input
 
-        from visionr3.eval.backends import SeededClient
-
         client = self.inner_client if self.protocol.greedy else SeededClient(self.inner_client, self.protocol.seed + sample)
         self.worker.llm_client = client
-        items = [dict(item, uid=f"{fields['benchmark']}/{fields['sample_id']}#{sample}", dummy_tensor=torch.tensor([0], dtype=torch.uint8)) for item, fields in prepared]
+        items = [dict(item, uid=sample_key(fields["benchmark"], fields["sample_id"], sample)) for item, fields in prepared]
+        batch = build_gen_batch(
+            items, global_steps=0, validate=True, meta_info=validation_meta_info(self.tokenizer, not self.protocol.greedy)
+        )
         start = time.perf_counter()
         try:
-            output = self.loop.run_until_complete(self.worker.generate_sequences(self._batch(items)))
+            output = self.loop.run_until_complete(self.worker.generate_sequences(batch))
         except Exception as exc:  # a backend failure loses this batch only; the records say why
             logger.exception("batch failed")
             seconds = (time.perf_counter() - start) / max(1, len(prepared))
-            return [self._failed_record(fields, data_file, start_row + i, sample, f"{type(exc).__name__}: {exc}", seconds) for i, (_, fields) in enumerate(prepared)]
+            return [self._failed_record(fields, sample, f"{type(exc).__name__}: {exc}", seconds) for _, fields in prepared]
         seconds = (time.perf_counter() - start) / max(1, len(prepared))
-        scored = [
-            self._record(output, i, item, fields, data_file=data_file, row=start_row + i, sample=sample, seconds=seconds)
-            for i, (item, fields) in enumerate(prepared)
-        ]
+        scored = [self._record(output, i, item, fields, sample=sample, seconds=seconds) for i, (item, fields) in enumerate(prepared)]
         # the batch's rewards together: with a judge, its calls overlap (the client bounds its own concurrency)
         async def score_all() -> list:
             return await asyncio.gather(
@@ -443,38 +416,26 @@ class Evaluator:
             record.correct = float(result.components.get("accuracy", 0.0)) >= 0.5
         return [record for record, _ in scored]
 
-    def _batch(self, items: list[dict]):
-        from verl.protocol import DataProto
-        from verl.utils.dataset.rl_dataset import collate_fn
-
-        batch = DataProto.from_single_dict(collate_fn(items))
-        batch.meta_info = {
-            "global_steps": 0, "validate": True, "eos_token_id": self.worker.tokenizer.eos_token_id,
-            "pad_token_id": self.worker.tokenizer.pad_token_id, "recompute_log_prob": False,
-            "do_sample": not self.protocol.greedy,
-        }
-        return batch
-
     # -- records --
 
-    def _base_record(self, fields: dict, data_file: str, row: int, sample: int, seconds: float) -> SampleRecord:
-        keep = {k: v for k, v in fields.items() if k not in ("source_image",)}
+    def _base_record(self, fields: dict, sample: int, seconds: float) -> SampleRecord:
+        keep = {k: v for k, v in fields.items() if k != "source_image"}
         return SampleRecord(
-            key=sample_key(fields["benchmark"], fields["sample_id"], sample), sample=sample, data_file=data_file,
-            row=row, seconds=round(seconds, 3), model=self.settings.model, protocol=self.protocol.as_dict(), **keep,
+            key=sample_key(fields["benchmark"], fields["sample_id"], sample), sample=sample, seconds=round(seconds, 3),
+            model=self.settings.model, protocol=self.protocol.as_dict(), **keep,
         )
 
-    def _failed_record(self, fields: dict, data_file: str, row: int, sample: int, error: str, seconds: float) -> SampleRecord:
-        record = self._base_record(fields, data_file, row, sample, seconds)
+    def _failed_record(self, fields: dict, sample: int, error: str, seconds: float) -> SampleRecord:
+        record = self._base_record(fields, sample, seconds)
         record.error = error
         return record
 
-    def _record(self, output: Any, i: int, item: dict, fields: dict, *, data_file: str, row: int, sample: int, seconds: float) -> tuple[SampleRecord, Any]:
+    def _record(self, output: Any, i: int, item: dict, fields: dict, *, sample: int, seconds: float) -> tuple[SampleRecord, Any]:
         """The record of trajectory ``i`` (everything but its score) and the ``RewardInput`` to score it with."""
-        from visionr3.processing import open_image, seen_size
+        from visionr3.processing import open_image, save_display_copy, seen_size
         from visionr3.reward.score import reward_input
 
-        record = self._base_record(fields, data_file, row, sample, seconds)
+        record = self._base_record(fields, sample, seconds)
         tok = self.tokenizer
         prompt_length = output.batch["prompts"].shape[1]
         valid = int(output.batch["attention_mask"][i, prompt_length:].sum())
@@ -505,14 +466,14 @@ class Evaluator:
             except Exception:
                 record.seen_size = []
             if self.settings.save_images:
-                display_copy(source, image_dir / f"{stem}_0.jpg")
+                save_display_copy(source, image_dir / f"{stem}_0.jpg", DISPLAY_MAX_SIDE)
                 record.images.append(os.path.relpath(image_dir / f"{stem}_0.jpg", rel_root))
         for call in calls:
-            tool_call = ToolCall(name=str(call.get("name")), arguments=call.get("arguments"), valid=bool(call.get("valid")), error=call.get("error"), box=call.get("box"))
+            tool_call = ToolCall.from_log(call)
             if tool_call.valid and source is not None and self.settings.save_images:
                 shown = source.crop(tuple(tool_call.box)) if tool_call.box else source
                 path = image_dir / f"{stem}_{len(record.images)}.jpg"
-                display_copy(shown, path)
+                save_display_copy(shown, path, DISPLAY_MAX_SIDE)
                 tool_call.image = len(record.images)
                 record.images.append(os.path.relpath(path, rel_root))
             record.tool_calls.append(tool_call)
@@ -520,7 +481,7 @@ class Evaluator:
 
         # turns: runs of generated (mask 1) and inserted (mask 0) tokens
         tool_images = iter([c.image for c in record.tool_calls if c.image is not None])
-        for value, a, b in mask_runs(mask):
+        for value, a, b in value_runs(mask):
             text = clean_turn_text(tok.decode(response[a:b], skip_special_tokens=False))
             role = "assistant" if value == 1 else "tool"
             images = [] if role == "assistant" else [j for j in (next(tool_images, None) for _ in range(text.count("<image>"))) if j is not None]
@@ -563,9 +524,8 @@ class Evaluator:
         except ValueError as exc:
             raise EvalError(f"cannot resume: {exc}") from exc
         for record in previous[:1]:
-            diff = self.protocol.differences(record.protocol)
-            if diff:
-                knobs = ", ".join(f"{k}: file {b!r} vs now {a!r}" for k, (a, b) in diff.items())
+            knobs = self.protocol.mismatch(record.protocol)
+            if knobs:
                 raise EvalError(f"{out} was written under another protocol ({knobs}); use a new --out or the same settings")
         return previous
 
@@ -573,31 +533,24 @@ class Evaluator:
         """Evaluate every data file × k samples into ``settings.out``, resuming from what it already holds.
 
         Returns every record of the file (old and new)."""
-        out = Path(self.settings.out)
-        previous = self.check_resume()
+        previous = self.previous
         done = {r.key for r in previous}
-        todo: list[tuple[int, str, int, dict, dict]] = []
+        todo: dict[int, list[tuple[dict, dict]]] = {sample: [] for sample in range(self.protocol.samples)}
         for data_file in self.settings.data:
-            rows = self.read_rows(data_file)
-            for number, row in enumerate(rows):
-                try:
-                    item, fields = self.prepare_row(row, data_file=data_file, row_number=number)
-                except EvalError as exc:
-                    raise EvalError(str(exc)) from exc
-                for sample in range(self.protocol.samples):
+            for number, row in enumerate(self.read_rows(data_file)):
+                item, fields = self.prepare_row(row, data_file=data_file, row_number=number)
+                for sample, pending in todo.items():
                     key = sample_key(fields["benchmark"], fields["sample_id"], sample)
                     if key not in done:
-                        todo.append((sample, data_file, number, item, fields))
+                        pending.append((item, fields))
                         done.add(key)
-        progress = _progress(len(todo), len(previous), self.settings.progress)
+        progress = _progress(sum(map(len, todo.values())), len(previous), self.settings.progress)
         records = list(previous)
-        with RecordWriter(out) as writer:
+        with RecordWriter(self.settings.out) as writer:
             size = max(1, self.settings.batch_size)
-            for sample in range(self.protocol.samples):
-                mine = [t for t in todo if t[0] == sample]
-                for start in range(0, len(mine), size):
-                    chunk = mine[start : start + size]
-                    new = self._run_chunk(chunk, sample)
+            for sample, pending in todo.items():
+                for start in range(0, len(pending), size):
+                    new = self.run_prepared(pending[start : start + size], sample=sample)
                     for record in new:
                         writer.write(record)
                         records.append(record)
@@ -605,24 +558,9 @@ class Evaluator:
                             on_record(record)
                     progress.update(len(new))
         progress.close()
+        self.previous = records
         return records
 
-    def _run_chunk(self, chunk: list[tuple[int, str, int, dict, dict]], sample: int) -> list[SampleRecord]:
-        # rows of one chunk may come from several files; run them together, then fix each record's file and row
-        prepared = [(item, fields) for _, _, _, item, fields in chunk]
-        records = self.run_prepared(prepared, data_file="", start_row=0, sample=sample)
-        for record, (_, data_file, number, _, _) in zip(records, chunk):
-            record.data_file, record.row = data_file, number
-        return records
-
-
-class _DatasetView:
-    """The attributes ``RLHFDataset._build_messages`` reads, for rows that do not come from a dataset object."""
-
-    image_key = "images"
-    video_key = "videos"
-    audio_key = "audios"
-    processor = object()
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -631,4 +569,4 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total + initial, initial=initial, desc="eval", unit="sample", disable=not enabled, dynamic_ncols=True)
 
 
-__all__ = ["EvalError", "EvalSettings", "Evaluator", "clean_turn_text", "compose_recipe", "mask_runs", "resolve_protocol"]
+__all__ = ["EvalError", "EvalSettings", "Evaluator", "clean_turn_text", "compose_recipe", "resolve_protocol"]

@@ -186,10 +186,7 @@ def card_from_rollout(row: dict[str, Any], base: Path, source: str) -> Card:
     turns = row.get("assistant_turns")
     turns = [Turn(role="assistant", text=str(t)) for t in turns] if isinstance(turns, list) else []
     calls = row.get("tool_call_log")  # visionr3's trainer adds it (visionr3/trainer.py dump_columns)
-    tool_calls = [
-        ToolCall(name=str(c.get("name")), arguments=c.get("arguments"), valid=bool(c.get("valid")), error=c.get("error"), box=c.get("box"))
-        for c in (calls if isinstance(calls, list) else []) if isinstance(c, dict)
-    ]
+    tool_calls = [ToolCall.from_log(c) for c in (calls if isinstance(calls, list) else []) if isinstance(c, dict)]
     step = row.get("step")
     ident = row.get("uid") or row.get("request_id") or source.rsplit(":", 1)[-1]
     gts = row.get("gts")

@@ -83,7 +83,8 @@ def _int(value: Any) -> int:
         return 0
 
 
-def _ground_truth(value: Any) -> str:
+def ground_truth_text(value: Any) -> str:
+    """A dataset ground truth as one string (a list is joined with ``"/"``, VLM-R3's convention for alternatives)."""
     value = plain(value)
     if isinstance(value, (list, tuple)):
         return "/".join(str(v) for v in value)
@@ -104,7 +105,7 @@ def reward_input(data_source: str, solution_str: str, ground_truth: Any, extra_i
     self_answer = info.get("self_answer")
     return RewardInput(
         response=solution_str or "",
-        ground_truth=_ground_truth(ground_truth),
+        ground_truth=ground_truth_text(ground_truth),
         data_source=str(data_source or ""),
         question=str(info.get("question") or ""),
         options=tuple(str(option) for option in options),

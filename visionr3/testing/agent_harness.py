@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from visionr3.data.dataset import build_gen_batch, validation_meta_info  # noqa: F401  (build_gen_batch re-exported)
+
 DEFAULT_PROMPT_LENGTH = 1024
 DEFAULT_RESPONSE_LENGTH = 512
 
@@ -105,9 +107,7 @@ def dataset_row(
     front. ``tools_kwargs`` go into ``extra_info["tools_kwargs"]`` and the row, as the dataset does; ``uid``
     groups the n samples of one prompt (the trainer sets one per prompt before repeating; default: a fresh uuid).
     """
-    from types import SimpleNamespace
-
-    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from visionr3.data.dataset import raw_prompt as build_raw_prompt
 
     images = list(images)
     if isinstance(prompt, str):
@@ -115,15 +115,12 @@ def dataset_row(
             prompt = "<image>" * len(images) + prompt
         messages = [{"role": "user", "content": prompt}]
     else:
-        messages = [dict(m) for m in prompt]  # _build_messages rewrites message["content"] in place
+        messages = list(prompt)
     extra = dict(extra_info or {})
     extra.setdefault("index", index)
     if tools_kwargs is not None:
         extra["tools_kwargs"] = dict(tools_kwargs)
-    example = {"prompt": messages, "images": images}
-    # verl's method only reads these attributes of the dataset (and asserts a processor exists for images).
-    fake_dataset = SimpleNamespace(image_key="images", video_key="videos", audio_key="audios", processor=object())
-    raw_prompt = RLHFDataset._build_messages(fake_dataset, example, key="prompt")
+    raw_prompt = build_raw_prompt(messages, images)
     return {
         "data_source": data_source,
         "raw_prompt": raw_prompt,
@@ -136,40 +133,6 @@ def dataset_row(
         "uid": uid if uid is not None else str(uuid.uuid4()),
         "dummy_tensor": torch.tensor([0], dtype=torch.uint8),
     }
-
-
-def build_gen_batch(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    global_steps: int = 1,
-    validate: bool = False,
-    meta_info: Mapping[str, Any] | None = None,
-):
-    """The ``DataProto`` the trainer passes to ``generate_sequences`` for ``rows`` (already repeated n times).
-
-    Rows are collated with verl's ``collate_fn`` (tensors stacked, everything else an object array filled
-    element-wise, so a list-of-messages ``raw_prompt`` stays one object per row); a missing ``dummy_tensor`` or
-    ``uid`` is added. All rows must have the same keys (verl's collation would silently misalign them otherwise).
-    ``meta_info`` gets ``global_steps`` and ``validate`` and then the given entries.
-    """
-    from verl.protocol import DataProto
-    from verl.utils.dataset.rl_dataset import collate_fn
-
-    if not rows:
-        raise ValueError("rows is empty")
-    rows = [dict(row) for row in rows]
-    for i, row in enumerate(rows):
-        if not isinstance(row.get("raw_prompt"), list):
-            raise ValueError(f"row {i} has no raw_prompt list of chat messages (see dataset_row)")
-        row.setdefault("dummy_tensor", torch.tensor([0], dtype=torch.uint8))
-        row.setdefault("uid", str(uuid.uuid4()))
-    keys = set(rows[0])
-    for i, row in enumerate(rows[1:], start=1):
-        if set(row) != keys:
-            raise ValueError(f"row {i} has keys {sorted(set(row) ^ keys)} that row 0 has not (or vice versa)")
-    batch = DataProto.from_single_dict(collate_fn(rows))
-    batch.meta_info = {"global_steps": global_steps, "validate": validate, **(meta_info or {})}
-    return batch
 
 
 def make_agent_loop_worker(config: Any, server: Any):
@@ -223,12 +186,7 @@ def run_agent_loop_worker(
     worker = make_agent_loop_worker(config, server)
     meta_info: dict[str, Any] = {}
     if validate:
-        meta_info = {
-            "eos_token_id": worker.tokenizer.eos_token_id,
-            "pad_token_id": worker.tokenizer.pad_token_id,
-            "recompute_log_prob": False,
-            "do_sample": config.actor_rollout_ref.rollout.val_kwargs.do_sample,
-        }
+        meta_info = validation_meta_info(worker.tokenizer, config.actor_rollout_ref.rollout.val_kwargs.do_sample)
     batch = build_gen_batch(rows, global_steps=global_steps, validate=validate, meta_info=meta_info)
     return _run_coroutine(lambda: worker.generate_sequences(batch))
 
