@@ -2,6 +2,11 @@
 
 The tiny checkpoints are built once per machine and cached (see visionr3.testing.tiny_model.tiny_model_dir), so only
 the first run pays the ~10 s build per architecture.
+
+Under ``CI=true`` a skip decided at run time is a failure — ``importorskip`` (at module level too), a ``pytest.skip``
+because `ray start` or chromium is missing: `make test` installs everything the suite needs, so such a skip can only
+hide a missing component. Skips declared by a ``skip``/``skipif`` mark (a ``gpu`` test without CUDA, a test for
+another platform) stay skips: their condition is in the code, not in the machine's luck.
 """
 
 import os
@@ -25,6 +30,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _fail_the_skip(report, where: str) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{where} skipped under CI=true, where nothing required may be missing: {reason}"
+
+
+def _skipped_by_a_mark(item, report) -> bool:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+    declared = {m.kwargs.get("reason", m.args[0] if m.name == "skip" and m.args else "") for m in item.iter_markers()
+                if m.name in ("skip", "skipif")}
+    return any(r and reason.endswith(r) for r in declared)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail") and not _skipped_by_a_mark(item, report):
+        _fail_the_skip(report, item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped:
+        _fail_the_skip(report, str(collector.nodeid))
 
 
 @pytest.fixture(scope="session")

@@ -33,35 +33,35 @@ from pathlib import Path
 
 
 def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0, task: str = "zoom") -> tuple[Path, float]:
-    """A cached warm-up of ``base_dir`` (rebuilt when the settings, the warm-up code or the base model change)."""
-    from visionr3.configs import config_path
-    from visionr3.testing.tiny_model import cache_root
-    from visionr3.warmup import supervised_warmup
+    """A cached warm-up of ``base_dir``: ``(checkpoint, seconds spent training)``, 0.0 when the cache answered.
 
+    Keyed by the settings, the warm-up code, the tool YAML and the base model's weights (their sha256, not the path),
+    and verified on every read like the tiny models (:func:`visionr3.testing.cache.cached_build`)."""
     from omegaconf import OmegaConf
+
+    from visionr3.configs import config_path
+    from visionr3.testing.cache import sha256_file, cache_root, cached_build
+    from visionr3.warmup import supervised_warmup
 
     # The warm-up shows the policy its prompt image at the same budget as the GRPO run: the CPU preset's.
     data_max_pixels = int(OmegaConf.load(config_path("cluster", "cpu.yaml")).data.max_pixels)
     tool_config = config_path("tools", "crop_zoom.yaml")
     key = hashlib.sha256(
-        f"{base_dir}|{steps}|{seed}|{data_max_pixels}|{task}".encode()
+        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}".encode()
         + Path(__file__).with_name("warmup.py").read_bytes()
         + tool_config.read_bytes()
     ).hexdigest()[:16]
-    target = cache_root() / "warmup" / key
-    if (target / "config.json").exists():
-        return target, 0.0
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    result = supervised_warmup(
-        base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed, lr=1e-2,
-        task=task,
-    )
-    try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target, result["seconds"]
+    seconds = 0.0
+
+    def build(staging: Path) -> None:
+        nonlocal seconds
+        seconds = supervised_warmup(
+            base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed,
+            lr=1e-2, task=task,
+        )["seconds"]
+
+    target, _ = cached_build(cache_root() / "warmup" / key, key, build)
+    return target, seconds
 
 
 DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {

@@ -55,17 +55,48 @@ def test_cli_writes_a_checkpoint_auto_classes_load(tmp_path, arch, processor_cls
     assert result == {"processor": processor_cls, "model": model_cls, "image_pad": 151655}
 
 
-def test_build_is_deterministic(tmp_path, tiny_model_dirs):
+def _digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_build_is_bit_identical_in_a_thread_beside_global_rng_use_and_in_another_process(tmp_path, tiny_model_dirs):
+    """The weights depend on the seed alone: a build in a thread while this thread keeps reseeding and drawing from
+    torch's global RNG, a build by the CLI in a fresh process, and the session's cached build are the same bytes."""
+    import threading
+
     from visionr3.testing.tiny_model import build_tiny_model
 
-    rebuilt = build_tiny_model(tmp_path / "again", "qwen2_5_vl", seed=0)
+    thread = threading.Thread(target=build_tiny_model, args=(tmp_path / "thread", "qwen2_5_vl", 0))
+    thread.start()
+    draws = 0
+    while thread.is_alive():
+        torch.manual_seed(draws)
+        torch.rand(256)
+        draws += 1
+    thread.join()
+    assert draws > 10  # the global RNG really was busy during the build
+    cli = subprocess.run(
+        [sys.executable, "-m", "visionr3.testing.tiny_model", "--out", str(tmp_path / "cli"), "--arch", "qwen2_5_vl"],
+        capture_output=True, text=True,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
     reseeded = build_tiny_model(tmp_path / "seed1", "qwen2_5_vl", seed=1)
-    cached = load_file(tiny_model_dirs["qwen2_5_vl"] / "model.safetensors")
-    same = load_file(rebuilt / "model.safetensors")
-    other = load_file(reseeded / "model.safetensors")
-    assert cached.keys() == same.keys() == other.keys()
-    assert all(torch.equal(cached[k], same[k]) for k in cached)
-    assert not all(torch.equal(cached[k], other[k]) for k in cached)
+    cached = _digest(tiny_model_dirs["qwen2_5_vl"])
+    assert _digest(tmp_path / "thread") == _digest(tmp_path / "cli") == cached
+    assert _digest(reseeded) != cached
+    weights, other = load_file(tmp_path / "thread" / "model.safetensors"), load_file(reseeded / "model.safetensors")
+    assert weights.keys() == other.keys()
+    assert not any(torch.equal(weights[k], other[k]) for k in weights if weights[k].std() > 0)  # every random tensor
+
+
+def test_weights_follow_the_qwen_init(tiny_model_dirs):
+    weights = load_file(tiny_model_dirs["qwen2_5_vl"] / "model.safetensors")
+    embed = weights["model.embed_tokens.weight"]  # the saved (checkpoint) names
+    assert abs(embed.std().item() - 0.02) < 1e-3 and torch.count_nonzero(embed[151643]) == 0  # the padding row
+    norms = [k for k in weights if "norm" in k and k.endswith(".weight")]
+    assert norms and all(torch.equal(weights[k], torch.ones_like(weights[k])) for k in norms)
 
 
 def test_real_qwen_special_token_ids(model_dir, arch):
@@ -98,9 +129,30 @@ def test_verl_loaders(model_dir):
     assert AutoConfig.from_pretrained(model_dir).model_type in ("qwen2_5_vl", "qwen3_vl")
 
 
-def test_cache_is_reused(tiny_model_dirs):
+def test_cache_is_reused_and_verified(tiny_model_dirs):
+    from visionr3.testing.cache import MANIFEST
     from visionr3.testing.tiny_model import tiny_model_dir
 
-    before = (tiny_model_dirs["qwen2_5_vl"] / "model.safetensors").stat().st_mtime_ns
-    assert tiny_model_dir("qwen2_5_vl") == tiny_model_dirs["qwen2_5_vl"]
-    assert (tiny_model_dirs["qwen2_5_vl"] / "model.safetensors").stat().st_mtime_ns == before
+    cached = tiny_model_dirs["qwen2_5_vl"]
+    before = (cached / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model_dir("qwen2_5_vl") == cached
+    assert (cached / "model.safetensors").stat().st_mtime_ns == before
+    manifest = json.loads((cached / MANIFEST).read_text())
+    assert manifest["key"] in cached.name and "model.safetensors" in manifest["files"]
+
+
+def test_a_tampered_or_unmanifested_cache_entry_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    from visionr3.testing.cache import MANIFEST
+    from visionr3.testing.tiny_model import tiny_model_dir
+
+    monkeypatch.setenv("VISIONR3_CACHE", str(tmp_path))
+    first = tiny_model_dir("qwen3")
+    good = _digest(first)
+    with open(first / "model.safetensors", "r+b") as f:  # one flipped byte deep in the weights
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert tiny_model_dir("qwen3") == first and _digest(first) == good
+    (first / MANIFEST).unlink()  # what an older builder (or a half-copied directory) leaves
+    assert tiny_model_dir("qwen3") == first and _digest(first) == good and (first / MANIFEST).exists()

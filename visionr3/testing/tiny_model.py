@@ -20,8 +20,11 @@ Qwen2.5-VL we drop the four Qwen3-only specials (``<tool_response>``, ``</tool_r
 ``</think>``, ids >= 151665), which Qwen2.5's tokenizer treats as plain text. The embedding has the real 151,936 rows,
 so the model is ~10M parameters (~40 MB in float32), almost all of it embedding; the transformer is 2 layers of width 64.
 
-Builds are deterministic (``--seed``) and cached by :func:`tiny_model_dir` under ``$VISIONR3_CACHE`` (default
-``~/.cache/visionr3``), keyed by architecture, seed and a hash of everything that shapes the output.
+Builds are deterministic (``--seed``): every weight is drawn from private ``torch.Generator``s seeded from the seed
+and the parameter's name (:func:`_initialise`), never from torch's global RNG, so a build in a thread or a process
+beside others that reseed or draw gives the same bytes. :func:`tiny_model_dir` caches them under ``$VISIONR3_CACHE``
+(default ``~/.cache/visionr3``), keyed by architecture, seed and a hash of everything that shapes the output, and
+verified on every read (:mod:`visionr3.testing.cache`).
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
+
+from visionr3.testing.cache import cache_root, cached_build
 
 
 Arch = Literal["qwen2_5_vl", "qwen3_vl", "qwen3"]
@@ -46,7 +50,8 @@ TEXT_ARCHS: tuple[str, ...] = ("qwen3",)
 ARCHS: tuple[str, ...] = VL_ARCHS + TEXT_ARCHS
 
 # Bump when the builder's output changes in a way the cache key cannot see.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
+INITIALIZER_RANGE = 0.02  # the std of every Qwen config's weight init (``initializer_range``)
 
 # Real Qwen special-token ids (identical in Qwen2.5 and Qwen3 vocabularies).
 QWEN_TOKEN_IDS = {
@@ -244,9 +249,8 @@ def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: in
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=template
     )
 
-    config = _model_config(arch)
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_config(_model_config(arch), dtype=torch.float32)
+    _initialise(model, seed)
     model.generation_config = _generation_config()
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -262,12 +266,49 @@ def _build_text_model(out: Path, arch: str, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _write_tokenizer_files(arch, out)
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_model_config(arch), dtype=torch.float32)
+    _initialise(model, seed)
     model.generation_config = _generation_config()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _initialise(model, seed: int) -> None:
+    """Overwrite every parameter with values drawn from its own ``torch.Generator``, as transformers' Qwen init would.
+
+    ``from_config`` initialises from torch's *global* RNG, which any other thread may reseed or draw from meanwhile;
+    its values are discarded here. Each parameter's generator is seeded from (seed, parameter name), so the weights
+    depend on nothing but the seed and the architecture. Distributions follow ``PreTrainedModel._init_weights``:
+    N(0, 0.02) for linear, convolution and embedding weights (the padding row zeroed), zeros for biases, ones for
+    norm scales. A parameter of any other module type fails loudly, so a new architecture cannot slip through half
+    seeded.
+    """
+    import torch
+
+    def generator(name: str) -> torch.Generator:
+        digest = hashlib.sha256(f"{seed}|{name}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+    seen: set[int] = set()  # a tied parameter (lm_head = embed_tokens) is drawn once, as the first module that owns it
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                name = f"{module_name}.{param_name}" if module_name else param_name
+                kind = type(module).__name__
+                if param_name == "bias":
+                    param.zero_()
+                elif "Norm" in kind:
+                    param.fill_(1.0)
+                elif isinstance(module, (torch.nn.Linear, torch.nn.Conv3d, torch.nn.Embedding)):
+                    param.copy_(torch.empty(param.shape, dtype=torch.float32).normal_(0.0, INITIALIZER_RANGE, generator=generator(name)))
+                    if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                        param[module.padding_idx].zero_()
+                else:
+                    raise TypeError(f"tiny model: no deterministic init for {name} ({kind})")
 
 
 def _normalise_processor_files(out: Path) -> None:
@@ -295,30 +336,11 @@ def _cache_key(arch: str, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("VISIONR3_CACHE", Path.home() / ".cache" / "visionr3"))
-
-
 def tiny_model_dir(arch: Arch = "qwen2_5_vl", seed: int = 0) -> Path:
-    """Path of a cached tiny checkpoint, building it on first use.
-
-    Safe under concurrency (pytest workers, Ray actors): each builder writes a private temporary directory and
-    renames it into place; a loser of the race discards its copy and uses the winner's.
-    """
-    target = cache_root() / "tiny_models" / f"{arch}-seed{seed}-{_cache_key(arch, seed)}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build_tiny_model(staging, arch, seed)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process won the race; its directory is complete
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """Path of a cached tiny checkpoint, built on first use and verified on every use (:func:`cached_build`)."""
+    key = _cache_key(arch, seed)
+    target = cache_root() / "tiny_models" / f"{arch}-seed{seed}-{key}"
+    return cached_build(target, key, lambda staging: build_tiny_model(staging, arch, seed))[0]
 
 
 def directory_size_mb(path: Path) -> float:
