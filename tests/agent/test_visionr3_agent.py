@@ -5,6 +5,7 @@ extends), the continuous-token builder, our chat template, processor, tools and 
 post-processing into the training batch (masks, multi_modal_inputs, M-RoPE position ids).
 """
 
+import asyncio
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 from visionr3.configs import config_path
 from visionr3.processing import fetch_image, load_processor, load_tokenizer
+from visionr3.reward.score import compute_score
 from visionr3.testing.agent_harness import compose_verl_config, dataset_row, run_agent_loop_worker
 from visionr3.testing.conversations import marked_canvas
 from visionr3.testing.scripted_server import ScriptedServer
@@ -160,6 +162,44 @@ def test_failed_call_after_a_good_one_does_not_reuse_the_crop(tiny_model_dirs):
     assert [call.num_images for call in server.calls] == [1, 2, 2]
     assert field(out, "valid_tool_calls") == 1 and field(out, "invalid_tool_calls") == 1
     assert masked_text(tokenizer, out, 0, keep=0).count("<|vision_start|>") == 1
+
+
+def test_an_unusable_source_is_an_error_turn_counted_as_a_data_error(tiny_model_dirs, tmp_path):
+    """The prompt image is fine, but the source the row names for the tool (``create_kwargs.image``, which wins) is
+    too thin for the vision encoder, or truncated: the model reads why, the episode goes on, and the call counts as
+    a data error — not as an invalid call, which the reward stage would read as the model's doing."""
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (20100, 100), (200, 30, 30)).save(thin)
+    truncated = tmp_path / "truncated.png"
+    Image.new("RGB", (64, 48)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])  # the header (64x48) and a sliver of pixel data
+    expected = {
+        str(thin): "Error: the source image cannot be used: image of 20100x100 exceeds the aspect-ratio limit of 200",
+        str(truncated): "Error: the source image cannot be used: its 64x48 pixels could not be decoded",
+    }
+    canvas = marked_canvas(size=SOURCE_SIZE)
+    rows = [
+        dataset_row("<image>q", [canvas.image], agent_name="visionr3_agent", index=i,
+                    tools_kwargs={"image_zoom_in_tool": {"create_kwargs": {"image": path}}})
+        for i, path in enumerate(expected)
+    ]
+    script = [hermes_call({"bbox_2d": [280, 190, 340, 250]}), "<answer>red</answer>"]
+    _, tokenizer, server, out = run("qwen2_5_vl", tiny_model_dirs["qwen2_5_vl"], [script, script], rows=rows)
+    for i in range(2):
+        source = field(out, "tools_kwargs", i)["image_zoom_in_tool"]["create_kwargs"]["image"]
+        context = masked_text(tokenizer, out, i, keep=0)
+        assert f"<tool_response>\n{expected[source]}" in context, context
+        assert field(out, "tool_calls", i) == 1 and field(out, "tool_data_errors", i) == 1
+        assert field(out, "invalid_tool_calls", i) == 0 and field(out, "valid_tool_calls", i) == 0
+        (error,) = field(out, "tool_errors", i)
+        assert f"Error: {error}".startswith(expected[source])
+        (call,) = [json.loads(entry) for entry in field(out, "tool_call_log", i)]
+        assert call["data_error"] is True and call["valid"] is False and call["box"] is None
+        assert field(out, "num_images", i) == 1 and field(out, "__num_turns__", i) == 4  # no image, episode went on
+        assert "<answer>red</answer>" in masked_text(tokenizer, out, i, keep=1)
+        extra_info = {key: field(out, key, i) for key in ("tool_calls", "valid_tool_calls", "invalid_tool_calls", "tool_data_errors")}
+        score = asyncio.run(compute_score("src", "<answer>red</answer>", "red", extra_info))
+        assert score["tool_data_errors"] == 1.0 and score["invalid_tool_calls"] == 0.0  # echoed as metrics
 
 
 def test_image_limit_error_and_terminate(tiny_model_dirs, tmp_path):

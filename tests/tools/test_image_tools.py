@@ -66,13 +66,77 @@ def test_bad_boxes_are_error_texts_without_images(params, needle):
     tool = CropZoomTool(CROP_CONFIG, _schema("image_zoom_in_tool", "bbox_2d"))
     response, _, info = _call(tool, params, source_images=[_gradient(448, 336)], seen_sizes=[(448, 336)])
     assert response.image is None and response.text.startswith("Error: ") and needle in response.text
-    assert info["valid"] is False
+    assert info["valid"] is False and "data_error" not in info  # the model's fault
 
 
 def test_missing_source_is_reported_not_raised():
     tool = CropZoomTool(CROP_CONFIG, _schema("image_zoom_in_tool", "bbox_2d"))
     response, _, info = _call(tool, {"bbox_2d": [1, 2, 30, 40]}, source_images=[], seen_sizes=[])
     assert response.image is None and "no source image" in response.text and info["valid"] is False
+    assert info["data_error"] is True
+
+
+def _tools():
+    return [CropZoomTool(CROP_CONFIG, _schema("image_zoom_in_tool", "bbox_2d")), ResizeTool({"type": "native"}, _schema("resize_image", "action"))]
+
+
+ARGUMENTS = {"image_zoom_in_tool": {"bbox_2d": [0, 0, 50, 50]}, "resize_image": {"action": "resize"}}
+
+
+@pytest.mark.parametrize("size", [(20100, 100), (201, 1), (1, 201), (100, 20100)])
+@pytest.mark.parametrize("tool", _tools(), ids=lambda tool: tool.name)
+def test_a_source_too_thin_for_the_vision_encoder_is_a_data_error_turn(tool, size):
+    """check_source_size refuses these (aspect ratio above 200); the tool used to raise its ValueError."""
+    width, height = size
+    response, reward, info = _call(tool, ARGUMENTS[tool.name], source_images=[Image.new("RGB", size)], seen_sizes=[(448, 336)])
+    expected = f"the source image cannot be used: image of {width}x{height} exceeds the aspect-ratio limit of 200"
+    assert (response.text, response.image, reward) == (f"Error: {expected}", None, 0.0)
+    assert info == {"valid": False, "error": expected, "data_error": True}
+
+
+def _png(path, size, payload=True):
+    Image.new("RGB", size, (200, 30, 30)).save(path)
+    if not payload:  # keep the header (the size), drop the pixels
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"IDAT") - 4] + data[-12:])
+    return str(path)
+
+
+def _file(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("tool", _tools(), ids=lambda tool: tool.name)
+@pytest.mark.parametrize(
+    "make_source,needle",
+    [
+        (lambda tmp: str(tmp / "absent.png"), "could not be loaded (FileNotFoundError"),
+        (lambda tmp: _file(tmp / "junk.png", b"not a png"), "could not be loaded (UnidentifiedImageError"),
+        (lambda tmp: _png(tmp / "truncated.png", (64, 48), payload=False), "its 64x48 pixels could not be decoded"),
+        (lambda tmp: _png(tmp / "thin.png", (20100, 100)), "image of 20100x100 exceeds the aspect-ratio limit of 200"),
+        (lambda tmp: {"bytes": b"\x89PNG"}, "could not be loaded"),
+        (lambda tmp: 42, "could not be loaded (ValueError: unsupported image reference of type int)"),
+    ],
+    ids=["missing-file", "not-an-image", "truncated", "thin-file", "truncated-bytes", "not-a-reference"],
+)
+def test_an_unusable_dataset_reference_is_a_data_error_turn(tool, make_source, needle, tmp_path):
+    """The row's own ``create_kwargs.image`` (which wins over the prompt image) names a source the tool cannot use."""
+    response, _, info = _call(tool, ARGUMENTS[tool.name], image=make_source(tmp_path), source_images=[_gradient(448, 336)], seen_sizes=[(448, 336)])
+    assert response.image is None and response.text.startswith("Error: the source image cannot be used: ")
+    assert needle in response.text and info["data_error"] is True and info["valid"] is False
+
+
+def test_resize_refuses_a_view_the_processor_would_refuse():
+    """A 20000x100 source is at the aspect limit (200); squeezed into 200,704 pixels it rounds to 6328x28 (226)."""
+    source = Image.new("RGB", (20000, 100))
+    for config, full in [({"output": "original", "max_pixels": 200704}, []), ({"output": "full"}, [(6328, 28)])]:
+        tool = ResizeTool({"type": "native", **config}, _schema("resize_image", "action"))
+        response, _, info = _call(tool, {"action": "resize"}, source_images=[source], full_sizes=full)
+        assert response.image is None and info["data_error"] is True and "6328x28" in response.text, response.text
+    tool = ResizeTool({"type": "native", "output": "original"}, _schema("resize_image", "action"))
+    response, _, info = _call(tool, {"action": "resize"}, source_images=[source])  # the default budget fits it
+    assert info["valid"] and max(response.image[0].size) <= 200 * min(response.image[0].size)
 
 
 def test_resize_renders_the_source_at_full_size_not_an_upscale():

@@ -5,7 +5,9 @@ with the ``agent_name`` column. What it adds to verl's loop, and why:
 
 - **Error turns, never silence.** Malformed calls (bad JSON, no name, unclosed ``<tool_call>``, a box that is not four
   numbers), unknown tools and tool failures all come back as an ``Error: ...`` tool turn the model reads. verl's
-  hermes parser drops malformed calls and ends the episode instead (see :mod:`visionr3.agent.parsers`).
+  hermes parser drops malformed calls and ends the episode instead (see :mod:`visionr3.agent.parsers`). A call that
+  fails because the *source* cannot be used (the tool's ``data_error``) is a data error, not the model's: it is
+  counted in ``tool_data_errors``, not ``invalid_tool_calls``.
 - **Full-resolution sources.** Before verl resizes the prompt images, the loop keeps the originals from the raw
   prompt and passes them, with the size the model actually saw, to every tool call (``create_kwargs``). Tools crop
   and re-render from the original; box coordinates are mapped from the seen frame.
@@ -17,9 +19,10 @@ with the ``agent_name`` column. What it adds to verl's loop, and why:
 - **Limits** on assistant turns and on images per trajectory (an over-limit call gets an error turn, or ends the
   trajectory with ``image_limit_action: terminate`` as VisionThink does).
 - **Per-trajectory metrics** in ``extra_fields`` (verl forwards every key to the reward function's ``extra_info``):
-  ``tool_calls``, ``valid_tool_calls``, ``invalid_tool_calls``, ``tool_errors``, ``num_images``, ``tool_images``,
-  ``image_tokens``, ``crop_boxes``, ``image_limit_hits``, and ``assistant_turns`` (the decoded text of each run of
-  trained tokens, so per-turn format rewards need not re-split a response whose tool turns were decoded as text).
+  ``tool_calls``, ``valid_tool_calls``, ``invalid_tool_calls``, ``tool_data_errors``, ``tool_errors``, ``num_images``,
+  ``tool_images``, ``image_tokens``, ``crop_boxes``, ``image_limit_hits``, and ``assistant_turns`` (the decoded text of
+  each run of trained tokens, so per-turn format rewards need not re-split a response whose tool turns were decoded as
+  text).
   (``AgentLoopOutput.metrics`` keeps only verl's own timing fields, so nothing of ours goes there.)
 - **Vision-SR1's self-reward pass** (``self_reward``): after the trajectory, the same policy, through the same
   rollout server, answers the question from its own ``<description>`` alone, without the image. The answer goes to
@@ -138,12 +141,13 @@ class TrajectoryStats:
 
     tool_calls: int = 0
     valid_tool_calls: int = 0
-    invalid_tool_calls: int = 0
+    invalid_tool_calls: int = 0  # the model's fault: malformed, unknown tool, bad arguments, over the image limit
+    tool_data_errors: int = 0  # the data's fault: the tool could not use the source (counted in neither of the above)
     image_limit_hits: int = 0
     tool_errors: list[str] = field(default_factory=list)
     crop_boxes: list[list[int]] = field(default_factory=list)
-    # One JSON object per call, in call order: {"name", "arguments", "valid", "error", "box"} (JSON strings, so the
-    # field stays a list of plain strings through verl's batches). Evaluation records and the viewer read it.
+    # One JSON object per call, in call order: {"name", "arguments", "valid", "error", "data_error", "box"} (JSON
+    # strings, so the field stays a list of plain strings through verl's batches). Eval records and the viewer read it.
     tool_call_log: list[str] = field(default_factory=list)
 
 
@@ -151,7 +155,8 @@ class TrajectoryStats:
 
 def call_log_entry(tool_call: FunctionCall, response: ToolResponse, info: dict | None) -> dict[str, Any]:
     """What one call did, for :attr:`TrajectoryStats.tool_call_log`: the name, the arguments (parsed when they are
-    JSON, else the raw text), whether it returned an image, the error the model was shown, the source-pixel box."""
+    JSON, else the raw text), whether it returned an image, the error the model was shown, whether that error was the
+    source's fault (``data_error``), the source-pixel box."""
     info = dict(info or {})
     try:
         arguments: Any = json.loads(tool_call.arguments)
@@ -167,6 +172,7 @@ def call_log_entry(tool_call: FunctionCall, response: ToolResponse, info: dict |
         "arguments": arguments,
         "valid": valid,
         "error": error,
+        "data_error": bool(info.get("data_error")),
         "box": [int(v) for v in box] if box is not None and valid else None,
     }
 
@@ -365,7 +371,10 @@ class VisionAgentLoop(ToolAgentLoop):
             if "source_box" in info:
                 self._stats.crop_boxes.append(list(info["source_box"]))
         else:
-            self._stats.invalid_tool_calls += 1
+            if info.get("data_error"):
+                self._stats.tool_data_errors += 1
+            else:
+                self._stats.invalid_tool_calls += 1
             self._stats.tool_errors.append(str(info.get("error") or response.text or "tool returned no image"))
         return response, reward, info
 

@@ -13,7 +13,10 @@ from typing import Any
 
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 FORMAT_WEIGHT = 0.1
-ECHOED_TOOL_METRICS = ("tool_calls", "valid_tool_calls", "invalid_tool_calls", "num_images", "image_tokens")
+# tool_data_errors: calls that failed on the source (a data problem), counted apart from the model's invalid calls.
+ECHOED_TOOL_METRICS = (
+    "tool_calls", "valid_tool_calls", "invalid_tool_calls", "tool_data_errors", "num_images", "image_tokens",
+)
 
 
 def extract_answer(text: str) -> str | None:

@@ -10,15 +10,24 @@ policy saw). Where the source comes from, in ``create_kwargs`` (verl: ``extra_in
 - ``image_index``: which prompt image the call refers to (default 0).
 
 Every call is create -> execute -> release in verl 0.9.1, so no state survives between calls: a failed call can never
-return a previous crop. Failures the model caused (bad box, bad action) come back as an ``Error: ...`` text turn with
-no image; a source that cannot be loaded is logged with its reference and reported the same way. Image work runs in a
-thread so the agent loop's event loop keeps serving other trajectories.
+return a previous crop. Failures come back as an ``Error: ...`` text turn with no image and ``valid: False`` in the
+call's info, never as an exception. Two kinds, told apart in the info because only the first is the model's doing:
+
+- the call was wrong (bad box, bad action): ``{"valid": False, "error": ...}``;
+- the source cannot be used (missing, unreadable or truncated, or a size :func:`check_source_size` refuses: no
+  pixels, a decompression bomb, an aspect ratio above 200): :class:`SourceImageError`, logged with its reference and
+  returned as ``{"valid": False, "error": "the source image ... cannot be used: ...", "data_error": True}``. The agent
+  loop counts it in ``tool_data_errors``, not ``invalid_tool_calls``.
+
+Image work runs in a thread so the agent loop's event loop keeps serving other trajectories.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
+import re
 from typing import Any
 from uuid import uuid4
 
@@ -28,6 +37,7 @@ from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
 from visionr3.processing import open_image
 from visionr3.tools.geometry import (
+    MAX_ASPECT_RATIO,
     QWEN2_5_VL_FACTOR,
     BoxError,
     check_source_size,
@@ -42,7 +52,8 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LAN
 
 
 class SourceImageError(RuntimeError):
-    """The full-resolution source of a trajectory is missing or unreadable (a data problem, not the model's)."""
+    """The full-resolution source of a call cannot be used (a data problem, not the model's). ``str(error)`` is the
+    error turn's text and says which source and why."""
 
 
 class _SourceImageTool(BaseTool):
@@ -62,37 +73,75 @@ class _SourceImageTool(BaseTool):
         self._calls.pop(instance_id, None)
 
     def _source(self, call: dict) -> tuple[Image.Image, tuple[int, int] | None, tuple[int, int] | None]:
-        """(full-resolution RGB source, seen size, pre-downsampling size) for this call's image."""
-        index = int(call.get("image_index") or 0)
+        """(full-resolution RGB source, seen size, pre-downsampling size) for this call's image.
+
+        Raises :class:`SourceImageError` for every data problem. PIL refuses bombs when it opens a file, and
+        :func:`open_image` keeps an RGB file lazy, so a too large or too thin RGB source is refused before its pixels
+        are allocated. The pixels are decoded here, so a truncated file fails now, not later inside ``crop``/``resize``.
+        """
+        try:
+            index = operator.index(call.get("image_index") or 0)  # an int, numpy's too (rows read from parquet)
+        except TypeError:
+            index = -1
+        if index < 0:
+            raise SourceImageError(
+                f"the source image cannot be used: image_index {short_repr(call['image_index'], 40)} is not an index"
+            )
+        name = "the source image" if index == 0 else f"the source image #{index}"
         reference = call.get("image")
         if reference is None:
             sources = call.get("source_images") or []
             if index >= len(sources):
-                raise SourceImageError(f"no source image #{index} for this trajectory (have {len(sources)})")
+                raise SourceImageError(
+                    f"{name} cannot be used: this trajectory has no source image #{index} (it has {len(sources)})"
+                )
             reference = sources[index]
         try:
             image = open_image(reference)
-        except Exception as exc:  # unreadable file, bad bytes, decompression bomb
-            raise SourceImageError(f"source image could not be loaded ({type(exc).__name__}: {exc})") from exc
-        check_source_size(*image.size)
-        seen = _size_at(call.get("seen_sizes"), index)
-        full = _size_at(call.get("full_sizes"), index)
-        return image, seen, full
+        except Exception as exc:  # unreadable file, bad bytes, unsupported reference, PIL's decompression-bomb refusal
+            raise SourceImageError(f"{name} cannot be used: it could not be loaded ({_describe(exc)})") from exc
+        width, height = image.size
+        try:
+            check_source_size(width, height)
+        except ValueError as exc:
+            raise SourceImageError(f"{name} cannot be used: {exc}") from None  # the message names the size
+        try:
+            image.load()  # a no-op for decoded images (the loop decodes the prompt's once for all sibling calls)
+        except Exception as exc:  # truncated or corrupt pixel data
+            raise SourceImageError(
+                f"{name} cannot be used: its {width}x{height} pixels could not be decoded ({_describe(exc)})"
+            ) from exc
+        return image, _size_at(call.get("seen_sizes"), index, name), _size_at(call.get("full_sizes"), index, name)
 
     async def _run(self, instance_id: str, fn, *args):
         call = self._calls.get(instance_id, {})
         try:
             return await asyncio.get_running_loop().run_in_executor(None, fn, call, *args)
         except SourceImageError as exc:
-            logger.warning("%s: %s", self.name, exc)
-            return ToolResponse(text=f"Error: {exc}"), 0.0, {"valid": False, "error": str(exc)}
+            reference = call.get("image", call.get("source_images"))
+            logger.warning("%s: %s (source: %s)", self.name, exc, short_repr(reference, 200))
+            return _error(str(exc), data_error=True)
 
 
-def _size_at(sizes: Any, index: int) -> tuple[int, int] | None:
+def _describe(exc: Exception) -> str:
+    """``Type: message`` for an error turn, without object addresses (PIL names ``<_io.BytesIO object at 0x…>``): the
+    model's context, and so its sampling, must not depend on where an object happened to live in memory."""
+    return f"{type(exc).__name__}: {re.sub(r' at 0x[0-9a-fA-F]+', '', str(exc))}"
+
+
+def _size_at(sizes: Any, index: int, name: str) -> tuple[int, int] | None:
+    """``sizes[index]`` as ``(width, height)``, or None when not given. A size that is given but is not two positive
+    integers (a row's own ``create_kwargs`` can set one) is a data problem."""
     if not sizes or index >= len(sizes) or sizes[index] is None:
         return None
-    width, height = sizes[index]
-    return int(width), int(height)
+    try:
+        width, height = (int(side) for side in sizes[index])
+    except (TypeError, ValueError, OverflowError):
+        width = height = 0
+    if width <= 0 or height <= 0:
+        given = short_repr(sizes[index], 40)
+        raise SourceImageError(f"{name} cannot be used: the size given for it, {given}, is not a positive width and height")
+    return width, height
 
 
 class CropZoomTool(_SourceImageTool):
@@ -117,7 +166,9 @@ class CropZoomTool(_SourceImageTool):
         frame = self.config.get("coordinate_frame", "model_pixels")
         if seen is None:
             if frame == "model_pixels":
-                raise SourceImageError("the size of the image the model saw is unknown (run through visionr3_agent)")
+                raise SourceImageError(
+                    "the source image cannot be used: the size the model saw it at is unknown (run through visionr3_agent)"
+                )
             seen = source.size
         try:
             plan = plan_crop(
@@ -168,10 +219,19 @@ class ResizeTool(_SourceImageTool):
         width, height = source.size
         if self.config.get("output", "full") == "full" and full is not None:
             width, height = full
+            try:  # rounding to the factor can push a source at the aspect limit past it (20000x100 -> 6328x28)
+                check_source_size(width, height)
+            except ValueError as exc:
+                raise SourceImageError(f"the source image cannot be used at its full size: {exc}") from None
         factor = int(self.config.get("factor", QWEN2_5_VL_FACTOR))
         out_h, out_w = smart_resize(
             height, width, factor=factor, min_pixels=self.config.get("min_pixels"), max_pixels=self.config.get("max_pixels")
         )
+        if max(out_w, out_h) > MAX_ASPECT_RATIO * min(out_w, out_h):  # the processor would refuse the returned image
+            raise SourceImageError(
+                f"the source image cannot be used: within the pixel budget it would be shown at {out_w}x{out_h}, "
+                f"an aspect ratio above {MAX_ASPECT_RATIO}"
+            )
         image = source if source.size == (out_w, out_h) else source.resize((out_w, out_h), resample=self.resample)
         metrics = {"valid": True, "output_size": [out_w, out_h], "seen_size": list(seen) if seen else None}
         return ToolResponse(image=[image], text="The resized image is shown below."), 0.0, metrics
@@ -180,8 +240,12 @@ class ResizeTool(_SourceImageTool):
         return await self._run(instance_id, self._execute, parameters)
 
 
-def _error(message: str):
-    return ToolResponse(text=f"Error: {message}"), 0.0, {"valid": False, "error": message}
+def _error(message: str, data_error: bool = False):
+    """An error turn. ``data_error``: the source, not the model's call, is at fault (see the module docstring)."""
+    info: dict[str, Any] = {"valid": False, "error": message}
+    if data_error:
+        info["data_error"] = True
+    return ToolResponse(text=f"Error: {message}"), 0.0, info
 
 
 async def call_tool(tool: BaseTool, parameters: Any, create_kwargs: dict | None = None):
