@@ -84,14 +84,16 @@ EXPECTED = {  # the recipe's defining settings (papers.md), so an edit that lose
 }
 
 
+TOOLS = {"visionthink": "resize.yaml", "vlm_r3": "crop_zoom.yaml", "vision_sr1": "crop_zoom.yaml", "zoom": "crop_zoom.yaml"}
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_defining_settings(recipe):
     config = compose(recipe, [*DATA, *(API if recipe in JUDGED else [])])
     for key, value in EXPECTED[recipe].items():
         assert OmegaConf.select(config, key) == value, key
     tools = OmegaConf.select(config, "actor_rollout_ref.rollout.multi_turn.tool_config_path")
-    if recipe == "visionthink":
-        assert tools == str(config_path("tools", "resize.yaml"))
+    assert tools == str(config_path("tools", TOOLS[recipe]))
 
 
 def test_unknown_recipe_is_a_clear_error():

@@ -4,19 +4,21 @@ agent loop and tools.
 
 Two engines behind the same loop:
 
-* ``backend=openai`` against a loopback server whose replies are scripted *from the pixels it is sent*: in the first
-  turn it finds the square in the full image and asks the zoom tool for a box around it; in the second it reads the
-  square's colour from the image the tool returned and answers that option's letter. V* accuracy is 100 only if the
-  question and image reached the model, verl's loop parsed the call, our zoom tool cropped the right region and sent
-  it back, the zoom recipe's extractor took the letter out of ``<answer>`` and lmms-eval scored it.
+* ``backend=openai`` against a loopback server whose replies are scripted *from the pixels it is sent*
+  (:class:`visionr3.testing.square_policy.SquarePolicy`): in the first turn it finds the square in the full image and
+  asks the zoom tool for a box around it; in the second it reads the square's colour from the image the tool returned
+  and answers that option's letter. V* accuracy is 100 only if the question and image reached the model, verl's loop
+  parsed the call, our zoom tool cropped the right region and sent it back, the zoom recipe's extractor took the
+  letter out of ``<answer>`` and lmms-eval scored it.
 * ``backend=hf``: the tiny random Qwen2.5-VL in-process (the default engine); its text is noise, so the test checks
   the run's shape: lmms-eval's metric, one record per request with turns, the gold from the task's doc_to_target.
+
+lmms-eval 0.7.3 catches an exception raised during evaluation (ours or its own), prints it as "Error during
+evaluation" and exits 0 without a results file; :func:`run_lmms_eval` turns that into a failure that quotes it.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import random
@@ -29,17 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageChops, ImageStat
 
 lmms_eval = pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (`make venv` installs it)")
 
 from visionr3.data.formats import LETTERS  # noqa: E402
 from visionr3.data.synthetic import COLOURS, make_sample  # noqa: E402
 from visionr3.eval.records import read_records  # noqa: E402
+from visionr3.testing.square_policy import SquarePolicy  # noqa: E402
 
 TASKS = Path(__file__).parent / "lmms_tasks"
 TASK = "visionr3_vstar_mini"
-BACKGROUND = (236, 236, 230)  # visionr3.data.synthetic.make_sample's canvas
 OPTIONS = sorted(COLOURS)  # red... in a fixed order: (A) blue (B) green (C) red (D) yellow
 
 
@@ -80,63 +81,35 @@ def lmms_eval_cli(workdir: Path, tasks: Path, model_args: str, *extra: str) -> s
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
 
 
+def failure(result: subprocess.CompletedProcess, new_results: int) -> str | None:
+    """Why an lmms-eval run produced nothing to check, or ``None``. lmms-eval 0.7.3 exits 0 after an exception during
+    evaluation (it prints the traceback and "Error during evaluation: ..."), so the exit status alone says little."""
+    log = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)  # loguru's colours
+    error = next((line for line in log.splitlines() if "Error during evaluation" in line), None)
+    if result.returncode != 0:
+        return f"lmms_eval exited {result.returncode}"
+    if error is not None:
+        return f"lmms_eval exited 0 but raised during evaluation ({error.strip()})"
+    if new_results != 1:
+        return f"lmms_eval exited 0 but wrote {new_results} results files instead of 1"
+    return None
+
+
 def run_lmms_eval(workdir: Path, tasks: Path, model_args: str, *extra: str) -> dict:
     """A successful :func:`lmms_eval_cli` run's results JSON, its samples (``_samples``) and its output (``_log``)."""
     out = workdir / "lmms_out"
     before = set(out.rglob("*_results.json")) if out.exists() else set()
     result = lmms_eval_cli(workdir, tasks, model_args, *extra)
-    if result.returncode != 0:
-        output = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        raise AssertionError(f"lmms_eval failed ({result.returncode}):\n{output}")
-    (path,) = set(out.rglob("*_results.json")) - before
+    written = set(out.rglob("*_results.json")) - before
+    why = failure(result, len(written))
+    if why is not None:
+        raise AssertionError(f"{why}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    (path,) = written
     results = json.loads(path.read_text())
     (samples,) = path.parent.glob(path.name.replace("_results.json", f"_samples_{TASK}.jsonl"))
     results["_samples"] = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
     results["_log"] = result.stdout + result.stderr
     return results
-
-
-# ---- a scripted model that looks at the pixels it is sent --------------------------------------------------------
-
-
-def images_in(message: dict) -> list[Image.Image]:
-    content = message.get("content")
-    if not isinstance(content, list):
-        return []
-    urls = [part["image_url"]["url"] for part in content if part.get("type") == "image_url"]
-    return [Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB") for url in urls]
-
-
-def square_box(image: Image.Image) -> tuple[int, int, int, int]:
-    """The bounding box of everything that is not background (the square, at the size the model was shown)."""
-    difference = ImageChops.difference(image, Image.new("RGB", image.size, BACKGROUND)).convert("L")
-    box = difference.point(lambda v: 255 if v > 40 else 0).getbbox()
-    assert box is not None, "no square in the image the model was sent"
-    return box
-
-
-def square_colour(image: Image.Image) -> str:
-    x1, y1, x2, y2 = square_box(image)
-    inner = image.crop((x1 + (x2 - x1) // 4, y1 + (y2 - y1) // 4, x2 - (x2 - x1) // 4, y2 - (y2 - y1) // 4))
-    mean = ImageStat.Stat(inner).mean
-    return min(COLOURS, key=lambda c: sum((u - v) ** 2 for u, v in zip(COLOURS[c], mean)))
-
-
-def zoom_then_answer(messages: list[dict], model: str) -> str:
-    """Turn 1: a zoom call around the square; turn 2: the letter of the colour seen in the returned crop."""
-    images = [image for message in messages for image in images_in(message)]
-    question = next(part["text"] for m in messages if m["role"] == "user" and isinstance(m["content"], list)
-                    for part in m["content"] if part.get("type") == "text" and "A." in part.get("text", ""))
-    if not any(m["role"] == "assistant" for m in messages):
-        x1, y1, x2, y2 = square_box(images[0])
-        pad = 40
-        box = [max(0, x1 - pad), max(0, y1 - pad), min(images[0].width, x2 + pad), min(images[0].height, y2 + pad)]
-        call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, "label": "square"}}
-        return f"<think>The square is small; zoom in.</think>\n<tool_call>\n{json.dumps(call)}\n</tool_call>"
-    assert len(images) == 2, f"expected the question's image and the tool's crop, got {len(images)} images"
-    colour = square_colour(images[-1])
-    letter = re.search(rf"([A-D])\. {colour}\b", question).group(1)
-    return f"<think>The zoomed square is {colour}.</think>\n<answer>{letter}</answer>"
 
 
 # ---- tests ------------------------------------------------------------------------------------------------------
@@ -171,7 +144,7 @@ def openai_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lmms_openai")
     tasks = write_task(workdir, 3)
     records = workdir / "records" / "vstar.jsonl"
-    with OpenAIStubServer(reply=zoom_then_answer) as server:
+    with OpenAIStubServer(reply=SquarePolicy()) as server:
         model_args = (
             f"pretrained={tiny_model_dir('qwen2_5_vl')},recipe=zoom,backend=openai,base_url={server.base_url},"
             f"max_response_tokens=256,records={records}"
@@ -182,18 +155,20 @@ def openai_run(tmp_path_factory):
 
 def test_tool_loop_answers_lmms_eval_vstar_through_an_openai_endpoint(openai_run):
     results, records = openai_run.results, openai_run.records
+    saved = read_records(records)
+    assert sorted(r.key for r in saved) == [f"{TASK}/{i}#0" for i in range(3)]
+    for record in saved:  # first: a failed trajectory reaches lmms-eval as an empty answer, i.e. as accuracy < 100
+        assert record.error is None, f"{record.key}: {record.error}"
     # lmms-eval's own V* scorer: every letter right, so the loop really went image -> zoom -> crop -> answer
     assert results["results"][TASK]["vstar_overall_acc,none"] == 100.0
     assert [s["filtered_resps"] for s in results["_samples"]] == [s["target"] for s in results["_samples"]]
     assert openai_run.requests == 6  # two turns per question
 
-    saved = read_records(records)
-    assert sorted(r.key for r in saved) == [f"{TASK}/{i}#0" for i in range(3)]
     for record in saved:
-        assert record.error is None
-        assert [t.role for t in record.turns] == ["assistant", "tool", "assistant"]
+        assert [t.role for t in record.turns] == ["assistant", "tool", "assistant"], f"{record.key}: {record.turns}"
+        assert len(record.tool_calls) == 1, f"{record.key}: one scripted zoom call, the record holds {record.tool_calls}"
         (call,) = record.tool_calls
-        assert call.name == "image_zoom_in_tool" and call.valid and call.box
+        assert call.name == "image_zoom_in_tool" and call.valid and call.box, f"{record.key}: {call}"
         assert record.prediction == record.answer and record.correct  # gold from the task's doc_to_target
         assert record.protocol["recipe"] == "zoom" and record.protocol["backend"] == "openai"
         assert record.protocol["shuffle_options"] is False  # the task's option order
@@ -219,11 +194,50 @@ def test_a_rerun_reuses_the_records_and_can_return_the_response(openai_run):
     # (lmms-eval 0.7.3 prints the traceback and exits 0, so the message and the missing results are the signal)
     results_files = set((openai_run.workdir / "lmms_out").rglob("*_results.json"))
     failed = lmms_eval_cli(openai_run.workdir, openai_run.tasks, openai_run.model_args + ",max_response_tokens=128")
-    assert "Error during evaluation" in failed.stdout + failed.stderr
-    assert set((openai_run.workdir / "lmms_out").rglob("*_results.json")) == results_files
-    assert re.search(r"already holds visionr3_vstar_mini/0#0 .*max_response_tokens: file 256 vs now 128",
-                     failed.stdout + failed.stderr)
+    written = set((openai_run.workdir / "lmms_out").rglob("*_results.json")) - results_files
+    assert (failure(failed, len(written)) or "").startswith("lmms_eval exited 0 but raised during evaluation")
+    assert not written
+    assert re.search(r"vstar\.jsonl was written under another protocol \(.*max_response_tokens: file 256 vs now 128",
+                     failed.stdout + failed.stderr), failed.stderr[-3000:]
     assert openai_run.server.requests == openai_run.requests
+
+
+def test_failed_requests_are_reported_and_all_failed_is_an_error_not_a_score(tmp_path):
+    """``generate_until`` driven as lmms-eval drives it (its ``task_dict`` set, ``Instance`` requests) against the
+    scripted endpoint: a question whose image has no square makes the policy fail that request (a 500 after the
+    backend's retries), so it is answered ``""`` and kept in the records with its error; when every request fails the
+    model raises rather than hand lmms-eval a score made of failures."""
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from visionr3.eval.lmms import VisionR3
+    from visionr3.testing.openai_server import OpenAIStubServer
+    from visionr3.testing.tiny_model import tiny_model_dir
+
+    square = make_sample(random.Random(0), size=(448, 448), side=24)
+    docs = [{"image": square.image}, {"image": Image.new("RGB", (448, 448), (236, 236, 230))}]  # the 2nd: no square
+    question = "What is the colour of the small square?\n" + "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(OPTIONS))
+
+    def request(doc_id: int) -> Instance:
+        arguments = (question, {"temperature": 0}, lambda doc: [doc["image"]], doc_id, "mini", "test")
+        return Instance("generate_until", arguments, idx=0, metadata={"task": "mini", "doc_id": doc_id, "repeats": 1})
+
+    records = tmp_path / "records.jsonl"
+    with OpenAIStubServer(reply=SquarePolicy()) as server:
+        model = VisionR3(pretrained=str(tiny_model_dir("qwen2_5_vl")), recipe="zoom", config_name="cpu",
+                         backend="openai", base_url=server.base_url, max_response_tokens=256, records=str(records))
+        model.task_dict = {"mini": {"test": docs}}
+        try:
+            answers = model.generate_until([request(0), request(1)])
+            with pytest.raises(RuntimeError, match=r"visionr3: 1 of 1 requests failed \(first, mini/1#0: "
+                                                   r"OpenAIBackendError: .*no square.*nothing was evaluated"):
+                model.generate_until([request(1)])
+        finally:
+            model.clean()
+    assert answers == [LETTERS[OPTIONS.index(square.colour)], ""]
+    saved = {r.key: r for r in read_records(records)}
+    assert saved["mini/0#0"].error is None and saved["mini/0#0"].tool_calls[0].valid
+    assert "PolicyError: no square" in saved["mini/1#0"].error and saved["mini/1#0"].turns == []
 
 
 def test_the_in_process_hf_model_runs_lmms_eval_tasks(tmp_path):
@@ -242,7 +256,8 @@ def test_the_in_process_hf_model_runs_lmms_eval_tasks(tmp_path):
     assert sorted(r.key for r in saved) == [f"{TASK}/0#0", f"{TASK}/1#0"]
     samples = sorted(results["_samples"], key=lambda s: s["doc_id"])
     for record, sample in zip(sorted(saved, key=lambda r: r.row), samples):
-        assert record.error is None and record.num_turns >= 1 and record.turns[0].role == "assistant"
+        assert record.error is None, f"{record.key}: {record.error}"
+        assert record.num_turns >= 1 and record.turns[0].role == "assistant"
         assert 0 < record.response_tokens <= 48
         assert record.answer == sample["target"]
         assert sample["filtered_resps"] == record.prediction  # what lmms-eval scored is the recipe's extracted answer

@@ -215,9 +215,7 @@ async def test_generate_matches_the_token_path(served, processor, tokenizer, bac
 
     assert backend.stats.prompt_token_mismatches == (len(server_prompt) != len(prompt_ids))
     assert out.stop_reason == "completed" and out.log_probs is None
-    assert out.token_ids == canonical(tokenizer, direct.token_ids)
-    if canonical(tokenizer, direct.token_ids) == direct.token_ids:  # nothing for the re-tokenisation to change
-        assert out.token_ids == direct.token_ids
+    assert out.token_ids == canonical(tokenizer, direct.token_ids)  # == direct.token_ids where they are canonical
 
 
 async def test_sampling_with_a_seed_is_reproducible_and_stop_strings_stay_in_the_ids(served, processor, backend):
@@ -229,6 +227,7 @@ async def test_sampling_with_a_seed_is_reproducible_and_stop_strings_stay_in_the
 
     tokenizer = backend.tokenizer
     text = tokenizer.decode(first.token_ids, skip_special_tokens=False)
+    assert text.strip(), f"the {MAX_TOKENS} sampled tokens decode to whitespace only: {first.token_ids}"
     stop = text.strip()[-1]  # a character the (gibberish) reply is known to contain
     cut = await backend.generate(
         request_id="s3", prompt_ids=prompt_ids, sampling_params={**sampling, "stop": [stop]}, image_data=images

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from visionr3.reward.formulas import RECIPES, get_recipe, vlm_r3_min_segment_chars, vlm_r3_unique_boxes
 from visionr3.reward.grade import Grade
-from visionr3.reward.rules import answer_match
 from visionr3.reward.types import RewardInput
 
 CARS = ("blue car", "red car", "green car", "white car")
@@ -289,23 +288,35 @@ def test_vlm_r3_terms(text, boxes, min_chars):
     assert vlm_r3_min_segment_chars(text) == min_chars
 
 
-DEMO_RESPONSES = [
-    "<answer>red</answer>",
-    "<answer> Red </answer>",
-    "<answer>red.</answer>",
-    "<answer>blue</answer>",
-    "<answer>blue</answer><answer>red</answer>",
-    "<answer></answer>",
-    "no answer at all",
-    "<think>hmm</think>\n<answer>\nRED\n</answer>",
+# The CPU demo's reward (recipe ``visionr3``): accuracy = the last <answer>…</answer> equals the gold, case and
+# surrounding whitespace ignored; format = there is one; score = accuracy + 0.1·format. (response, gold, accuracy,
+# format) — the numbers the demo has always produced.
+DEMO_CASES = [
+    ("<answer>red</answer>", "red", 1, 1),
+    ("<answer> Red </answer>", "red", 1, 1),
+    ("<think>hmm</think>\n<answer>\nRED\n</answer>", "red", 1, 1),
+    ("<answer>red</answer>", " RED ", 1, 1),  # the gold is stripped and case-folded too
+    ("<answer>red.</answer>", "red", 0, 1),  # exact: punctuation counts
+    ("<answer>blue</answer>", "red", 0, 1),
+    ("<answer>blue</answer><answer>red</answer>", "red", 1, 1),  # the last answer counts
+    ("<answer>red</answer><answer>blue</answer>", "red", 0, 1),
+    ("<answer>re<answer>red</answer>", "red", 0, 1),  # the answer runs from the first open tag: "re<answer>red"
+    ("<answer></answer>", "red", 0, 1),
+    ("<answer></answer>", "", 1, 1),  # an empty gold is matched by an empty answer
+    ("<answer>red</answer>", "", 0, 1),
+    ("<answer>red", "red", 0, 0),  # never closed: no answer
+    ("red", "red", 0, 0),  # no tags: no answer, however right
+    ("no answer at all", "", 0, 0),
 ]
 
 
-@pytest.mark.parametrize("response", DEMO_RESPONSES)
-@pytest.mark.parametrize("ground_truth", ["red", " RED ", ""])
-def test_visionr3_recipe_equals_answer_match(response, ground_truth):
-    """The demo's numbers must not move: same score and terms as rules.answer_match."""
-    _assert_same_as_answer_match(response, ground_truth)
+@pytest.mark.parametrize(("response", "ground_truth", "accuracy", "has_format"), DEMO_CASES)
+def test_visionr3_recipe_demo_reward(response, ground_truth, accuracy, has_format):
+    recipe = get_recipe("visionr3")
+    trajectory = inp(response, ground_truth)
+    result = recipe.combine(trajectory, float(recipe.grade(trajectory).correct))
+    assert result.components == {"accuracy": accuracy, "format": has_format}
+    assert result.score == pytest.approx(accuracy + 0.1 * has_format)
 
 
 @settings(max_examples=100, deadline=None)
@@ -315,17 +326,15 @@ def test_visionr3_recipe_equals_answer_match(response, ground_truth):
     ),
     st.sampled_from(["red", "Red ", "blue", ""]),
 )
-def test_visionr3_recipe_equals_answer_match_property(response, ground_truth):
-    _assert_same_as_answer_match(response, ground_truth)
-
-
-def _assert_same_as_answer_match(response, ground_truth):
+def test_visionr3_recipe_demo_reward_property(response, ground_truth):
+    """Any response: format says whether an <answer> is closed, accuracy needs it, score = accuracy + 0.1·format."""
     recipe = get_recipe("visionr3")
     trajectory = inp(response, ground_truth)
     result = recipe.combine(trajectory, float(recipe.grade(trajectory).correct))
-    expected = answer_match("synthetic", response, ground_truth)
-    assert result.score == expected["score"]
-    assert result.components == {"accuracy": expected["acc"], "format": expected["format"]}
+    accuracy, has_format = result.components["accuracy"], result.components["format"]
+    closed = "<answer>" in response and "</answer>" in response[response.index("<answer>"):]
+    assert has_format == float(closed) and accuracy in (0.0, 1.0) and accuracy <= has_format
+    assert result.score == pytest.approx(accuracy + 0.1 * has_format)
 
 
 @settings(max_examples=60, deadline=None)

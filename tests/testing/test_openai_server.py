@@ -74,6 +74,18 @@ def test_server_error_is_a_500():
     assert resp.status_code == 500 and resp.json()["error"]["type"] == "server_error"
 
 
+def test_a_reply_function_that_raises_is_a_500_that_says_why():
+    def refuse(messages, model):
+        raise AssertionError("no square in the image")
+
+    with OpenAIStubServer(reply=refuse) as server, httpx.Client(timeout=5) as client:
+        resp = chat(client, server)
+        assert chat(client, server).status_code == 500  # and the server keeps serving
+    assert resp.status_code == 500
+    assert resp.json()["error"]["message"] == "the reply function failed: AssertionError: no square in the image"
+    assert server.requests == 2 and server.replies == 0
+
+
 def _is_chat_completion(resp: httpx.Response) -> bool:
     try:
         return isinstance(resp.json()["choices"][0]["message"]["content"], str)

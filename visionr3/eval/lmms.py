@@ -50,6 +50,13 @@ default true), the protocol knobs of :class:`~visionr3.eval.protocol.EvalProtoco
 ``gpu_memory_utilization`` (vllm). lmms-eval's ``--batch_size N`` is the number of trajectories in flight together
 (``auto`` means 16); ``--device`` is not used (the hf backend takes CUDA when there is one).
 
+**Failures.** A trajectory that fails (the endpoint down after its retries, a prompt too long) is kept in the
+records with its ``error`` and answered with ``""``, which the task scores as wrong; the run logs how many failed and
+the first error. When *every* request failed the model raises instead: a score made only of failures would read as a
+model that is always wrong. lmms-eval 0.7.3 catches any exception during evaluation — ours, a refused resume, its own
+— prints the traceback and "Error during evaluation: ...", writes no results file and **exits 0**; scripts should
+check for the results file (or run with ``--verbosity DEBUG``, which re-raises and exits non-zero).
+
 Not supported: ``loglikelihood`` (multiple-choice-by-likelihood tasks) and ``generate_until_multi_round`` raise
 :class:`NotImplementedError`; video and audio visuals are refused with an error naming the task and doc; one process
 only (no ``accelerate launch``: with ``backend=vllm`` use ``tensor_parallel_size``).
@@ -289,6 +296,7 @@ class VisionR3(lmms):
         self._writer = None
         self._done: dict[str, Any] = {}  # key -> SampleRecord already in the records file
         self._warned_tasks: set[str] = set()
+        self._failed: list[Any] = []  # the failed records of the generate_until call under way
 
     # lmms-eval reads these
     @property
@@ -393,6 +401,7 @@ class VisionR3(lmms):
             groups.setdefault((resolve_sampling(gen_kwargs, self.fixed_sampling), sample), []).append(index)
 
         results: list[str] = [""] * len(requests)
+        self._failed = []
         progress = tqdm(total=len(requests), desc="visionr3 tool loop", disable=self.rank != 0)
         for (sampling, sample), indices in groups.items():
             evaluator = self._evaluator_for(sampling)
@@ -417,9 +426,25 @@ class VisionR3(lmms):
                     self._answer(requests[index], record, results, index)
                 progress.update(len(chunk))
         progress.close()
+        self._report_failures(len(requests))
         return results
 
+    def _report_failures(self, total: int) -> None:
+        """Say how many of the ``total`` requests failed (their answers are ``""``); raise when all did: a score of
+        nothing but failures would read as a model that is always wrong (lmms-eval prints "Error during evaluation")."""
+        failed = self._failed
+        if not failed:
+            return
+        first = failed[0]
+        where = f"; every trajectory is in {self.records_path}" if self.records_path else ""
+        message = f"visionr3: {len(failed)} of {total} requests failed (first, {first.key}: {first.error}){where}"
+        if len(failed) == total:
+            raise RuntimeError(f"{message}; nothing was evaluated, so no score is reported")
+        logger.error(f"{message}; lmms-eval scores them as wrong (empty) answers")
+
     def _answer(self, request: Instance, record: Any, results: list[str], index: int) -> None:
+        if record.error:
+            self._failed.append(record)
         results[index] = self._output(record)
         context, gen_kwargs = request.args[:2]
         self.cache_hook.add_partial("generate_until", (context, gen_kwargs), results[index])

@@ -332,7 +332,8 @@ class Evaluator:
         if not prompt:
             raise EvalError(f"{data_file}: row {row_number}: field 'prompt' is empty")
         benchmark = str(info.get("benchmark") or row.get("data_source") or Path(data_file).stem or "eval")
-        sample_id = str(info.get("source_id") or info.get("index") or row_number)
+        # the first of source_id, index, row number that is set (an index of 0 is set: `or` would skip it)
+        sample_id = str(next((v for v in (info.get("source_id"), info.get("index")) if v not in (None, "")), row_number))
         fields: dict[str, Any] = {
             "data_file": data_file, "row": row_number, "benchmark": benchmark, "sample_id": sample_id, "category": str(info.get("category") or ""),
             "question": str(info.get("question_stem") or info.get("question") or ""),

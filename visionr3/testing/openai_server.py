@@ -16,7 +16,9 @@ What it serves:
   renders wrongly is not "recognised" by construction), pulls ground truth and prediction out of the prompt, decides
   by normalised exact match (:func:`rule_verdict`) and answers in that preset's verdict format. Like a chatty real
   judge it **echoes the prediction before its verdict**, so a prediction that contains ``Score: 1`` or ``[[YES]]``
-  really reaches the client's parser.
+  really reaches the client's parser. A ``ReplyFn`` that raises gets the request a ``500`` whose error message is
+  the exception's (so a scripted model's complaint, e.g. :class:`visionr3.testing.square_policy.PolicyError`, reaches
+  the client's error instead of a bare "Internal Server Error").
 * ``GET /v1/models`` — the one model it serves.
 * ``GET /stub/stats`` — its counters as JSON (requests, faults by kind, replies, this process's CPU seconds), and
   ``POST /stub/reset`` — zero them and forget seen contents; for a server running in another process.
@@ -453,7 +455,10 @@ class OpenAIStubServer:
             text, content_type = _MALFORMED_BODIES[variant]
             return web.Response(status=200, text=text, content_type=content_type)
 
-        content = self.reply(messages, model)
+        try:
+            content = self.reply(messages, model)
+        except Exception as exc:  # noqa: BLE001 - a scripted model's complaint, passed on to the client
+            return self._error(500, f"the reply function failed: {type(exc).__name__}: {exc}", "server_error")
         self.replies += 1
         completion_tokens = len(content.split())
         prompt_tokens = sum(len(_content(m).split()) for m in messages)
