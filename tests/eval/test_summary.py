@@ -92,3 +92,16 @@ def test_a_foreign_line_is_an_error_naming_file_and_line(tmp_path):
     out.write_text(rec("b", "q1", 0, True).to_json() + "\n" + '{"input": "x", "output": "y"}\n')
     with pytest.raises(ValueError, match=r"r\.jsonl:2: not a visionr3 eval record"):
         read_records(out)
+
+
+def test_a_data_error_call_keeps_its_flag_from_the_loop_log_to_the_record_file(tmp_path):
+    entry = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 30, 40]}, "valid": False,
+             "error": "the source image cannot be used: image of 20100x100 exceeds the aspect-ratio limit of 200",
+             "data_error": True, "box": None}
+    call = ToolCall.from_log(entry)
+    assert call.data_error and not call.valid and not ToolCall.from_log({**entry, "data_error": False}).data_error
+    path = tmp_path / "r.jsonl"
+    with RecordWriter(path) as writer:
+        writer.write(SampleRecord(key="b/1#0", benchmark="b", sample_id="1", tool_calls=[call]))
+    (record,) = read_records(path)
+    assert record.tool_calls[0].data_error is True and record.tool_calls[0].error == entry["error"]

@@ -43,7 +43,8 @@ class Turn:
 @dataclass
 class ToolCall:
     """One tool call as the loop executed it: ``valid`` calls returned an image; ``box`` is the crop in the
-    source image's pixels (crop tools only); ``image`` the index of the returned image in ``SampleRecord.images``."""
+    source image's pixels (crop tools only); ``image`` the index of the returned image in ``SampleRecord.images``;
+    ``data_error`` marks a call that failed on the source image, not on the model's arguments."""
 
     name: str
     arguments: Any = None
@@ -51,14 +52,14 @@ class ToolCall:
     error: str | None = None
     box: list[int] | None = None
     image: int | None = None
-
+    data_error: bool = False
 
     @classmethod
     def from_log(cls, entry: dict[str, Any]) -> "ToolCall":
         """A call from the agent loop's ``tool_call_log`` entry (``visionr3.agent.loop.call_log_entry``)."""
         return cls(
             name=str(entry.get("name")), arguments=entry.get("arguments"), valid=bool(entry.get("valid")),
-            error=entry.get("error"), box=entry.get("box"),
+            error=entry.get("error"), box=entry.get("box"), data_error=bool(entry.get("data_error")),
         )
 
 
