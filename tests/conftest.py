@@ -15,10 +15,25 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# `datasets` caches every parquet verl loads (and its prompt filter's output) by fingerprint; a session starts with an
+# empty cache of its own, so no test reads what an earlier session (or another checkout) left there. The trainers and
+# CLIs the tests start inherit it.
+_SESSION_DATASETS_CACHE = None
+if "HF_DATASETS_CACHE" not in os.environ:
+    import tempfile
+
+    _SESSION_DATASETS_CACHE = os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="visionr3-hf-datasets-")
 
 import pytest  # noqa: E402
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_DATASETS_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_SESSION_DATASETS_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
