@@ -85,27 +85,39 @@ def ray_head():
         **base, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
         "OPENAI_API_KEY": secret, MARKER: str(temp_dir), "RAY_USAGE_STATS_ENABLED": "0",
     }
-    dashboard = free_port()
-    ports = {
-        "--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(), "--object-manager-port": free_port(),
-    }
-    command = [
-        str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}",
-        "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),
-    ]
-    log_path = temp_dir / "ray_start.log"
-    with open(log_path, "w") as log:
-        head = subprocess.Popen(command, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dashboard}"
+    def start() -> tuple[subprocess.Popen, str, Path]:
+        """`ray start --head` on fresh free ports; its job API URL and log."""
+        dashboard = free_port()
+        ports = {
+            "--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+            "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
+            "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+        }
+        command = [
+            str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}",
+            "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),
+        ]
+        log_path = temp_dir / "ray_start.log"
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(command, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return process, f"http://127.0.0.1:{dashboard}", log_path
+
+    # A head that exits while starting is started again on new ports (three tries): another Ray on the machine (the
+    # e2e trainers run beside this module) can take a port between free_port() and Ray's bind.
+    head, url, log_path = start()
+    attempts = 1
     try:
         deadline = time.monotonic() + 180  # a liveness bound for a loaded 2-core machine, not a timing assertion
         while True:
             if head.poll() is not None:
-                pytest.skip(f"`ray start --head` could not start here (exit {head.returncode}): "
+                if attempts < 3:
+                    head, url, log_path = start()
+                    attempts += 1
+                    deadline = time.monotonic() + 180
+                    continue
+                pytest.skip(f"`ray start --head` could not start here ({attempts} tries, exit {head.returncode}): "
                             f"{log_path.read_text()[-1500:]}")
             try:  # the job API itself (a separate dashboard module), with the token
                 request = urllib.request.Request(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"})

@@ -32,8 +32,11 @@ from pathlib import Path
 
 
 
-def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0, task: str = "zoom") -> tuple[Path, float]:
+def warmup_checkpoint(
+    base_dir: Path, steps: int, seed: int = 0, task: str = "zoom", log_every: int = 10
+) -> tuple[Path, float]:
     """A cached warm-up of ``base_dir``: ``(checkpoint, seconds spent training)``, 0.0 when the cache answered.
+    ``log_every=0`` trains silently (a caller in a background thread must not print into another's stdout).
 
     Keyed by the settings, the warm-up code, the tool YAML and the base model's weights (their sha256, not the path),
     and verified on every read like the tiny models (:func:`visionr3.testing.cache.cached_build`)."""
@@ -57,7 +60,7 @@ def warmup_checkpoint(base_dir: Path, steps: int, seed: int = 0, task: str = "zo
         nonlocal seconds
         seconds = supervised_warmup(
             base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed,
-            lr=1e-2, task=task,
+            lr=1e-2, task=task, log_every=log_every,
         )["seconds"]
 
     target, _ = cached_build(cache_root() / "warmup" / key, key, build)

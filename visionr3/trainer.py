@@ -40,6 +40,7 @@ TRAJECTORY_COUNTERS = (
     "tool_calls",
     "valid_tool_calls",
     "invalid_tool_calls",
+    "tool_data_errors",
     "num_images",
     "tool_images",
     "image_tokens",

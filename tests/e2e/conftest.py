@@ -63,7 +63,7 @@ def policy_for(recipe: str) -> Path:
         return base
     from visionr3.demo import warmup_checkpoint
 
-    return warmup_checkpoint(base, 100)[0]
+    return warmup_checkpoint(base, 100, log_every=0)[0]  # the pool's thread: no prints into a test's captured stdout
 
 
 def recipe_command(recipe: str, directory: Path, judge_url: str) -> list[str]:
