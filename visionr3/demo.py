@@ -16,7 +16,8 @@ Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores,
    reloaded with ``AutoModelForImageTextToText`` and compared with the checkpoint's weights.
 
 Writes ``<output-dir>/summary.json`` with ``steps``, ``reward_mean``, ``accuracy``, ``tool_call_rate``, ``num_turns``,
-``step_seconds`` (per-step lists), ``merged_model_dir`` and the timings of each stage.
+``step_seconds``, ``weights_synced`` (per-step lists), ``merged_model_dir``, ``rollout_dir`` (verl's rollout dump with
+visionr3's columns, one ``<step>.jsonl`` per step; ``visionr3 view`` renders it) and the timings of each stage.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def run_demo(
 
     metrics_file = out / "metrics.jsonl"
     metrics_file.unlink(missing_ok=True)
+    shutil.rmtree(out / "rollouts", ignore_errors=True)
     command = [
         sys.executable, "-m", "visionr3.cli", "train", "--config-name", "cpu_demo",
         f"actor_rollout_ref.model.path={policy}",
@@ -138,6 +140,8 @@ def run_demo(
         f"trainer.save_freq={steps}",
         f"trainer.default_local_dir={out / 'checkpoints'}",
         "trainer.logger=[console,file]",
+        # verl's rollout dump with visionr3's columns: `visionr3 view <output-dir>/rollouts` shows what the policy did
+        f"trainer.rollout_data_dir={out / 'rollouts'}",
         *overrides,
     ]
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file)}
@@ -185,10 +189,13 @@ def run_demo(
         "step_seconds": [row["timing_s/step"] for row in rows],
         "pg_loss": [row["actor/pg_loss"] for row in rows],
         "rollout_probs_diff_mean": [row.get("training/rollout_probs_diff_mean") for row in rows],
+        "weights_synced": [row.get("visionr3/weight_sync/match") for row in rows],
         "policy_dir": str(policy),
         "checkpoint_dir": str(actor_dir),
         "merged_model_dir": str(merged),
         "metrics_file": str(metrics_file),
+        "rollout_dir": str(out / "rollouts"),
+        "train_files": str(train),
         "timings": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

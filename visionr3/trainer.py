@@ -24,6 +24,22 @@ response, ground truth, score) gets visionr3's columns too (:func:`dump_columns`
 calls and crop boxes, the assistant turns, and the prompt image saved as ``<step>.images/<i>.jpg`` — so ``visionr3
 view <rollout_data_dir>`` shows what the policy looked at.
 
+With ``trainer.rollout_data_dir`` set, the dump also carries, per row, what verl's *batch* holds for its images
+(``batch_images``: each image's ``image_grid_thw`` and a digest and statistics of its slice of
+``multi_modal_inputs["pixel_values"]``, :func:`batch_image_summary`), the reward function's own score before
+visionr3's shaping (``reward_score``) and the dataset row (``row_index``) — so a test can re-make a crop from the
+row's source image and find its pixels in the batch the actor trained on.
+
+**Weight-sync check** (HF rollout only; ``actor_rollout_ref.rollout.engine_kwargs.hf.verify_weight_sync``, default
+on): after verl's every weight sync (the one after ``init`` and the one ending each step), the trainer reads the
+actor's full parameters from its FSDP engine (:func:`actor_weight_digests`, one ``__ray_call__`` per trainer worker,
+independent of the sync path) and asks each replica's server for the digest of the weight each name loads into
+(:meth:`~visionr3.platform.hf_rollout.HFServer.get_weight_digests`). It logs ``visionr3/weight_sync/match`` (1.0 when
+every replica holds exactly the actor's weights), ``mismatched`` (tensors that differ), and 48-bit prefixes of the
+combined ``actor_digest`` / ``replica_digest``; the check after ``init`` is logged with step 1 as
+``visionr3/weight_sync/initial_*``. A stale replica logs ``match`` 0.0 and a warning naming the tensors. It costs two
+SHA-256 passes over the weights per sync (~0.2 s for the 14M-parameter tiny model; turn it off for large models).
+
 Everything else — the training loop, weight sync, checkpoints — is verl's ``PPOTrainerSync`` unchanged.
 
 The class registers when this module is imported; :mod:`visionr3.plugin` imports it in every process verl starts.
@@ -107,6 +123,11 @@ def dump_columns(extra_fields: Sequence[Mapping[str, Any] | None], image_names: 
     return columns
 
 
+def _rows(column: Any) -> list:
+    """A TransferQueue non-tensor column as a list, one entry per key."""
+    return list(column.tolist()) if hasattr(column, "tolist") else list(column)
+
+
 def _plain_number(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -135,6 +156,100 @@ def first_prompt_image(prompt: Sequence[Mapping[str, Any]] | None) -> Any:
         return open_image(items[0])
     except Exception:
         return None
+
+
+def batch_image_summary(multi_modal_inputs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Per image of one trajectory, what verl's batch holds for it: ``grid_thw`` and the ``sha256`` (dtype, shape and
+    bytes: :func:`~visionr3.platform.hf_rollout.tensor_digest`), ``mean`` and ``std`` of its rows of
+    ``pixel_values`` (images are consecutive, ``t*h*w`` patch rows each, in ``image_grid_thw`` order)."""
+    if not isinstance(multi_modal_inputs, Mapping):
+        return []
+    grid, pixels = multi_modal_inputs.get("image_grid_thw"), multi_modal_inputs.get("pixel_values")
+    if grid is None or pixels is None:
+        return []
+    from visionr3.platform.hf_rollout import tensor_digest
+
+    images, start = [], 0
+    for t, h, w in grid.tolist():
+        rows = pixels[start : start + t * h * w]
+        start += t * h * w
+        values = rows.double()
+        images.append({
+            "grid_thw": [int(t), int(h), int(w)],
+            "sha256": tensor_digest(rows),
+            "mean": float(values.mean()),
+            "std": float(values.std()) if values.numel() > 1 else 0.0,
+        })
+    if start != len(pixels):
+        raise ValueError(f"image_grid_thw covers {start} pixel rows, pixel_values has {len(pixels)}")
+    return images
+
+
+WEIGHT_DIGEST_BITS = 48
+"""Digests are logged as their first 48 bits: an integer a float64 metric holds exactly."""
+
+
+def digest_number(digest: str) -> float:
+    return float(int(digest[: WEIGHT_DIGEST_BITS // 4], 16))
+
+
+def _engine_worker(actor_self: Any) -> Any:
+    """The ``ActorRolloutRefWorker`` inside a trainer worker actor (verl wraps it in a ``WorkerDict``)."""
+    candidates = [actor_self, *getattr(actor_self, "worker_dict", {}).values(), *getattr(actor_self, "fused_worker_dict", {}).values()]
+    for worker in candidates:
+        if hasattr(getattr(worker, "actor", None), "engine"):
+            return worker
+    raise RuntimeError(f"no actor engine in trainer worker {type(actor_self).__name__}")
+
+
+def actor_weight_digests(actor_self: Any, dtype: str | None = None) -> dict[str, str] | None:
+    """Runs in every trainer worker (``__ray_call__``): ``{name: digest}`` of the actor's full parameters as the
+    weight sync would send them (verl's ``get_per_tensor_param``, HF names), floating ones cast to ``dtype``.
+    ``None`` on ranks other than 0 (they iterate too: gathering a DTensor is a collective), and for LoRA adapters."""
+    import torch
+
+    from visionr3.platform.hf_rollout import named_tensor_digests
+
+    worker = _engine_worker(actor_self)
+    params, peft_config = worker.actor.engine.get_per_tensor_param(
+        layered_summon=getattr(worker, "layered_summon", False), base_sync_done=True
+    )
+    digests = named_tensor_digests(params, dtype)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return digests if rank == 0 and peft_config is None else None
+
+
+def weight_sync_metrics(actor_wg: Any, replicas: Sequence[Any], prefix: str = "visionr3/weight_sync/") -> dict[str, float]:
+    """Compare the actor's weights with every HF replica's (see the module docstring); ``{}`` without HF replicas."""
+    import logging
+    import time
+
+    import ray
+
+    from visionr3.platform.hf_rollout import HFReplica, replica_weight_report
+
+    servers = [replica.server_handle for replica in replicas if isinstance(replica, HFReplica)]
+    if not servers:
+        return {}
+    start = time.perf_counter()
+    dtype = ray.get(servers[0].get_info.remote())["dtype"]
+    results = ray.get([worker.__ray_call__.remote(actor_weight_digests, dtype) for worker in actor_wg.workers])
+    expected = next((r for r in results if r is not None), None)
+    if expected is None:  # LoRA adapters: the replica holds merged weights, nothing comparable
+        return {}
+    report = replica_weight_report(expected, servers)
+    if not report["match"]:
+        logging.getLogger(__name__).warning(
+            "visionr3: the rollout replica does not hold the actor's weights after the sync: %d tensor(s) differ, "
+            "e.g. %s", len(report["mismatched"]), report["mismatched"][:5],
+        )
+    return {
+        f"{prefix}match": float(report["match"]),
+        f"{prefix}mismatched": float(len(report["mismatched"])),
+        f"{prefix}actor_digest": digest_number(report["actor_digest"]),
+        f"{prefix}replica_digest": digest_number(report["replica_digests"][0]),
+        f"{prefix}check_s": time.perf_counter() - start,
+    }
 
 
 def reward_rows(extra_fields: Sequence[Mapping[str, Any] | None]) -> list[dict[str, float]]:
@@ -199,6 +314,25 @@ def _register() -> None:
     class VisionR3SyncTrainer(PPOTrainerSync):
         """``PPOTrainerSync`` that also logs visionr3's per-trajectory tool metrics."""
 
+        # ---- weight-sync check (after verl's syncs: on_init_end, on_step_end) ----------------------------------
+
+        def _visionr3_check_weights(self, prefix: str) -> None:
+            from visionr3.platform.hf_rollout import ROLLOUT_NAME, _engine_options
+
+            rollout = self.config.actor_rollout_ref.rollout
+            if rollout.name != ROLLOUT_NAME or not _engine_options(rollout).get("verify_weight_sync", True):
+                return
+            metrics = weight_sync_metrics(self.actor_rollout_wg, self.checkpoint_manager.replicas, prefix)
+            self._pending_sync_metrics = {**(getattr(self, "_pending_sync_metrics", None) or {}), **metrics}
+
+        def on_init_end(self):
+            super().on_init_end()
+            self._visionr3_check_weights("visionr3/weight_sync/initial_")
+
+        def on_step_end(self):
+            super().on_step_end()
+            self._visionr3_check_weights("visionr3/weight_sync/")
+
         def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
             super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
             import transfer_queue as tq
@@ -236,10 +370,9 @@ def _register() -> None:
 
             from visionr3.processing import save_display_copy
 
-            data = tq.kv_batch_get(keys=list(keys), partition_id=batch.partition_id, select_fields=["extra_fields", "raw_prompt"])
-            extra, prompts = data["extra_fields"], data["raw_prompt"]
-            rows = list(extra.tolist()) if hasattr(extra, "tolist") else list(extra)
-            prompts = list(prompts.tolist()) if hasattr(prompts, "tolist") else list(prompts)
+            fields = ["extra_fields", "raw_prompt", "multi_modal_inputs", "extra_info"]
+            data = tq.kv_batch_get(keys=list(keys), partition_id=batch.partition_id, select_fields=fields)
+            rows, prompts, multi_modal, extra_info = (_rows(data[field]) for field in fields)
             step = self.global_steps
             folder = f"{step}.images"
             images, names = [], []
@@ -256,6 +389,9 @@ def _register() -> None:
             self._dump_futures.append(self._dump_executor.submit(write_images))
             columns = dump_columns(rows, names)
             columns["image_size"] = [None if im is None else list(im.size) for im in images]
+            columns["batch_images"] = [batch_image_summary(mm) for mm in multi_modal]
+            columns["reward_score"] = [_plain_number((row.get("reward_extra_info") or {}).get("score")) for row in rows]
+            columns["row_index"] = [_plain((info or {}).get("index")) for info in extra_info]
             return columns
 
         # ---- group-level rewards --------------------------------------------------------------------------------

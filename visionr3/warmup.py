@@ -1,14 +1,27 @@
 """Supervised warm-up on synthetic tool-using trajectories — the cold start the papers use (VLM-R3, Vision-SR1).
 
 A randomly initialised policy never emits a well-formed tool call, so RL on it would have nothing to reinforce. The
-CPU demo therefore first fine-tunes the tiny model on trajectories built from the synthetic mark task: the user's image
-and question, an assistant turn calling ``image_zoom_in_tool`` on the square (box in the frame the policy sees), the
-tool's real response (produced by the same ``CropZoomTool`` and YAML the rollout uses, so the crop and text match
-training exactly), and the answer. Everything is rendered by the checkpoint's own chat template and processor, the
-loss covers assistant tokens only (system, user and tool turns, and every image pad, are context), and only
-those positions go through the LM head — with the real 151,936-token vocabulary that is most of the cost.
+CPU demo and the recipes' CPU steps therefore first fine-tune the tiny model on demonstrations built from the
+synthetic mark task, one format per ``task`` — each exactly what that recipe's agent loop parses and renders:
+
+- ``zoom`` (the demo, the zoom recipe; ``visionr3_agent``): the user's image and question, an assistant turn calling
+  ``image_zoom_in_tool`` on the square's quadrant (box in the frame the policy sees, see :func:`quadrant_box`), the
+  tool's real response, the answer;
+- ``visionthink`` (``visionr3_visionthink``): the image at the loop's low-resolution first view, ``<think>`` and a
+  ``resize_image`` call, the resize tool's real full-resolution image, ``<think>`` and the answer;
+- ``vlm_r3`` (``visionr3_vlm_r3``): one assistant turn that writes a bare ``{"bbox_2d": [...]}``, then the crop inline
+  (as the loop inserts it: image tokens inside the same turn, context only), then the answer;
+- ``sr1`` (``visionr3_vision_sr1``, no tools): the description/think/boxed answer from the image, and the text-only
+  answer from that description (the second pass's prompt), so both passes of the recipe have a policy to sample.
+
+Tool responses come from the same tool classes and YAMLs the rollout uses, so crops and texts match training exactly.
+Everything is rendered by the checkpoint's own chat template and processor; the loss covers the assistant's own
+tokens only (system, user and tool turns, and every image token, are context), and only those positions go through
+the LM head — with the real 151,936-token vocabulary that is most of the cost.
 
 The outputs are honest demonstrations, not scripted rollout text: after the warm-up, RL samples from the policy.
+Nothing here draws from a global random generator (samples come from a private ``random.Random``; the training loop
+itself draws nothing: no dropout in the tiny models, AdamW is deterministic).
 """
 
 from __future__ import annotations
@@ -17,10 +30,17 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visionr3.data.synthetic import QUESTION, SR1_FORMAT, SR1_QUESTION, MarkSample, make_sample
+
+TASKS = ("zoom", "visionthink", "vlm_r3", "sr1")
+"""The demonstration formats :func:`supervised_warmup` trains (see the module docstring)."""
+
+VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 
 
 def assistant_label_mask(input_ids: list[int], im_start: int, im_end: int, assistant_header: list[int]) -> list[bool]:
@@ -43,18 +63,36 @@ def assistant_label_mask(input_ids: list[int], im_start: int, im_end: int, assis
     return mask
 
 
-def demonstration(sample: MarkSample, tool, seen_size: tuple[int, int], pad: int = 12) -> list[dict[str, Any]]:
-    """The chat of one demonstration: question -> zoom call on the square -> the tool's real crop -> answer."""
-    sx, sy = seen_size[0] / sample.image.width, seen_size[1] / sample.image.height
-    x1, y1, x2, y2 = sample.box
-    box = [max(0, round((x1 - pad) * sx)), max(0, round((y1 - pad) * sy)), round((x2 + pad) * sx), round((y2 + pad) * sy)]
+def quadrant_box(sample: MarkSample, seen_size: tuple[int, int]) -> list[int]:
+    """The quadrant of the image holding the square's centre, in pixels of the image the policy sees.
 
+    Coarse on purpose: the tiny model cannot ground a 16-pixel square, so trained on exact boxes it samples digit
+    soup at temperature 0.7 (about 1 call in 25 made a valid box); with four possible boxes about 1 in 3 is valid (and
+    every greedy call), so a crop in the trainer's batch is certain, not luck. Zooming into the quadrant first is
+    still an honest coarse-to-fine demonstration: the crop holds the square.
+    """
+    width, height = seen_size
+    cx = (sample.box[0] + sample.box[2]) / 2 * width / sample.image.width
+    cy = (sample.box[1] + sample.box[3]) / 2 * height / sample.image.height
+    x1, y1 = (0 if cx < width // 2 else width // 2), (0 if cy < height // 2 else height // 2)
+    return [x1, y1, x1 + width // 2, y1 + height // 2]
+
+
+def _call(tool, arguments: dict, create_kwargs: dict):
+    """The tool's real response to ``arguments`` (create -> execute -> release, as verl's loop calls it)."""
     from visionr3.tools.image_tools import call_tool
 
-    create_kwargs = {"source_images": [sample.image], "seen_sizes": [seen_size]}
-    response, _, info = asyncio.run(call_tool(tool, {"bbox_2d": box}, create_kwargs))
+    response, _, info = asyncio.run(call_tool(tool, arguments, create_kwargs))
     if not info.get("valid"):
-        raise RuntimeError(f"the warm-up box {box} was rejected: {response.text}")
+        raise RuntimeError(f"the warm-up call {arguments} was rejected: {response.text}")
+    return response
+
+
+def demonstration(sample: MarkSample, tool, seen_size: tuple[int, int]) -> list[dict[str, Any]]:
+    """The chat of one ``zoom`` demonstration: question -> zoom call on the square's quadrant -> the tool's real crop ->
+    answer."""
+    box = quadrant_box(sample, seen_size)
+    response = _call(tool, {"bbox_2d": box}, {"source_images": [sample.image], "seen_sizes": [seen_size]})
     return [
         {"role": "user", "content": [{"type": "image", "image": sample.image}, {"type": "text", "text": QUESTION}]},
         {
@@ -64,6 +102,44 @@ def demonstration(sample: MarkSample, tool, seen_size: tuple[int, int], pad: int
         },
         {"role": "tool", "content": [{"type": "image", "image": response.image[0]}, {"type": "text", "text": response.text}]},
         {"role": "assistant", "content": f"<answer>{sample.colour}</answer>"},
+    ]
+
+
+def visionthink_demonstration(sample: MarkSample, tool, low: Any, seen_size: tuple[int, int], full_size: tuple[int, int]) -> list[dict[str, Any]]:
+    """VisionThink's tool track: the low-resolution view -> ``<think>`` + ``resize_image`` -> the resize tool's real
+    full-resolution image -> ``<think>`` + answer (the ``visionthink`` format check passes on both turns)."""
+    create_kwargs = {"source_images": [sample.image], "seen_sizes": [seen_size], "full_sizes": [full_size]}
+    response = _call(tool, {"action": "resize"}, create_kwargs)
+    return [
+        {"role": "user", "content": [{"type": "image", "image": low}, {"type": "text", "text": QUESTION}]},
+        {
+            "role": "assistant",
+            "content": "<think>Too small to see.</think>",
+            "tool_calls": [{"type": "function", "function": {"name": tool.name, "arguments": {"action": "resize"}}}],
+        },
+        {"role": "tool", "content": [{"type": "image", "image": response.image[0]}, {"type": "text", "text": response.text}]},
+        {"role": "assistant", "content": f"<think>Now it is clear.</think><answer>{sample.colour}</answer>"},
+    ]
+
+
+def vlm_r3_demonstration(sample: MarkSample, tool, shown: Any, seen_size: tuple[int, int]) -> list[dict[str, Any]]:
+    """VLM-R3's inline region: one assistant turn ``<think>…</think> {"bbox_2d": [...]}``, the crop inserted right
+    there (image tokens, context only, as ``visionr3_vlm_r3`` inserts them after ``\\n``), then the answer."""
+    import json
+
+    box = quadrant_box(sample, seen_size)
+    response = _call(tool, {"bbox_2d": box}, {"source_images": [sample.image], "seen_sizes": [seen_size]})
+    call = json.dumps({"bbox_2d": box})
+    return [
+        {"role": "user", "content": [{"type": "image", "image": shown}, {"type": "text", "text": QUESTION}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": f"<think>Look closer.</think> {call}\n"},
+                {"type": "image", "image": response.image[0]},
+                {"type": "text", "text": f"<answer>{sample.colour}</answer>"},
+            ],
+        },
     ]
 
 
@@ -87,6 +163,97 @@ def sr1_demonstrations(sample: MarkSample) -> list[list[dict[str, Any]]]:
     return [first, second]
 
 
+def agent_loop_entry(name: str) -> dict[str, Any]:
+    """The entry ``name`` of configs/agent_loop.yaml (what the recipe's loop is built with)."""
+    import yaml
+
+    from visionr3.configs import config_path
+
+    entries = yaml.safe_load(config_path("agent_loop.yaml").read_text())
+    (entry,) = [e for e in entries if e["name"] == name]
+    return entry
+
+
+@dataclass
+class _Kit:
+    """What every task's renderer needs: the processor, the tools, the dataset's pixel budget."""
+
+    processor: Any
+    crop_tool: Any
+    data_max_pixels: int
+    resize_tool: Any = None
+    low_res_factor: float = 0.5
+
+    @property
+    def patch(self) -> int:
+        return self.processor.image_processor.patch_size
+
+    def shown(self, sample: MarkSample):
+        """The prompt image as the dataset hands it to the loop (resized to ``data.max_pixels``)."""
+        from visionr3.processing import fetch_image
+
+        return fetch_image(sample.image, patch_size=self.patch, max_pixels=self.data_max_pixels)
+
+    def schemas(self, tool) -> list[dict]:
+        return [tool.tool_schema.model_dump(exclude_unset=True, exclude_none=True)]
+
+    def render(self, messages: list[dict], tools=None) -> str:
+        return self.processor.apply_chat_template(messages, tools=tools, tokenize=False)
+
+
+Example = tuple[list[str], list[Any]]
+"""Rendered texts and their images, in order."""
+
+
+def _zoom_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
+    from visionr3.processing import seen_size
+
+    sample = make_sample(rng, image_size)
+    shown = kit.shown(sample)
+    messages = demonstration(sample, kit.crop_tool, seen_size(kit.processor, shown.size))
+    messages[0]["content"][0]["image"] = shown  # the policy sees the dataset's view, crops come from the source
+    return [kit.render(messages, kit.schemas(kit.crop_tool))], [shown, messages[2]["content"][0]["image"]]
+
+
+def _visionthink_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
+    from PIL import Image
+
+    from visionr3.processing import seen_size
+    from visionr3.tools.geometry import downsampled_size
+
+    sample = make_sample(rng, image_size)
+    shown = kit.shown(sample)
+    # the loop's first view: the dataset's image downsampled per side, as VisionAgentLoop.process_multi_modal_info does
+    low = shown.resize(downsampled_size(*shown.size, kit.low_res_factor), resample=Image.Resampling.LANCZOS)
+    messages = visionthink_demonstration(sample, kit.resize_tool, low, seen_size(kit.processor, low.size), shown.size)
+    return [kit.render(messages, kit.schemas(kit.resize_tool))], [low, messages[2]["content"][0]["image"]]
+
+
+def _vlm_r3_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
+    from visionr3.processing import seen_size
+
+    sample = make_sample(rng, image_size)
+    shown = kit.shown(sample)
+    messages = vlm_r3_demonstration(sample, kit.crop_tool, shown, seen_size(kit.processor, shown.size))
+    return [kit.render(messages)], [shown, messages[1]["content"][1]["image"]]  # no tools block (render_tool_schemas: false)
+
+
+def _sr1_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
+    sample = make_sample(rng, image_size)
+    shown = kit.shown(sample)
+    first, second = sr1_demonstrations(sample)
+    first[0]["content"][1]["image"] = shown
+    return [kit.render(first), kit.render(second)], [shown]
+
+
+EXAMPLES: dict[str, Callable[[_Kit, random.Random, tuple[int, int]], Example]] = {
+    "zoom": _zoom_example,
+    "visionthink": _visionthink_example,
+    "vlm_r3": _vlm_r3_example,
+    "sr1": _sr1_example,
+}
+
+
 def supervised_warmup(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -104,48 +271,47 @@ def supervised_warmup(
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on synthetic demonstrations and save a complete HF checkpoint to ``out_dir``.
 
-    ``task``: ``zoom`` (zoom-then-answer, the default demo) or ``sr1`` (Vision-SR1's two passes, no tools).
+    ``task``: one of :data:`TASKS` (see the module docstring). ``tool_config`` is the crop tool's YAML (``zoom``,
+    ``vlm_r3``); ``visionthink`` uses configs/tools/resize.yaml and the ``visionr3_visionthink`` loop's
+    ``low_res_factor``, as its recipe does. ``batch_size`` counts rendered conversations (``sr1``: two per sample).
 
     Returns ``{"losses": [...], "seconds": float, "out_dir": str}``.
     """
+    if task not in TASKS:
+        raise ValueError(f"unknown warm-up task {task!r}; expected one of {TASKS}")
     import torch
     from transformers import AutoModelForImageTextToText
     from verl.tools.tool_registry import initialize_tools_from_config
 
-    from visionr3.processing import fetch_image, load_processor, seen_size
+    from visionr3.configs import config_path
+    from visionr3.processing import load_processor
 
-    torch.manual_seed(seed)
     rng = random.Random(seed)
     processor = load_processor(model_dir)
     tokenizer = processor.tokenizer
-    (tool,) = initialize_tools_from_config(str(tool_config))
-    schemas = [tool.tool_schema.model_dump(exclude_unset=True, exclude_none=True)]
+    (crop_tool,) = initialize_tools_from_config(str(tool_config))
+    kit = _Kit(processor, crop_tool, data_max_pixels)
+    if task == "visionthink":
+        (kit.resize_tool,) = initialize_tools_from_config(str(config_path("tools", "resize.yaml")))
+        kit.low_res_factor = float(agent_loop_entry("visionr3_visionthink")["low_res_factor"])
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
     header = tokenizer.encode("assistant\n", add_special_tokens=False)
-    patch = processor.image_processor.patch_size
+    vision_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)))
 
     def batch_inputs():
         texts, images = [], []
-        while task == "sr1" and len(texts) < batch_size:
-            sample = make_sample(rng, image_size)
-            shown = fetch_image(sample.image, patch_size=patch, max_pixels=data_max_pixels)
-            first, second = sr1_demonstrations(sample)
-            first[0]["content"][1]["image"] = shown
-            texts += [processor.apply_chat_template(first, tokenize=False), processor.apply_chat_template(second, tokenize=False)]
-            images.append(shown)
-        for _ in range(batch_size if task == "zoom" else 0):
-            sample = make_sample(rng, image_size)
-            shown = fetch_image(sample.image, patch_size=patch, max_pixels=data_max_pixels)
-            messages = demonstration(sample, tool, seen_size(processor, shown.size))
-            messages[0]["content"][0]["image"] = shown  # the policy sees the dataset's view, crops come from the source
-            texts.append(processor.apply_chat_template(messages, tools=schemas, tokenize=False))
-            images.extend([shown, messages[2]["content"][0]["image"]])
+        while len(texts) < batch_size:
+            more_texts, more_images = EXAMPLES[task](kit, rng, image_size)
+            texts += more_texts
+            images += more_images
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
         label_masks = [assistant_label_mask(row, im_start, im_end, header) for row in inputs["input_ids"].tolist()]
-        targets = torch.tensor(label_masks)[:, 1:] & inputs["attention_mask"][:, 1:].bool()
+        # an image inside an assistant turn (VLM-R3's inline crop) is the loop's insertion, never a target
+        trained = torch.tensor(label_masks) & ~torch.isin(inputs["input_ids"], vision_ids)
+        targets = trained[:, 1:] & inputs["attention_mask"][:, 1:].bool()
         return inputs, targets
 
     tokenizer.padding_side = "right"

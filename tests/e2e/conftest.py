@@ -8,16 +8,23 @@ The pool starts as soon as collection has picked the e2e tests (after `-m`/`-k` 
 thread, and the e2e tests are moved to the end of the session: the rest of the suite runs while the trainers start
 up, and each e2e test then waits only for its own run. (Started from the first e2e test instead, the session sat idle
 for the pool's ~5 minutes.)
+
+Every run starts from a policy that performs its recipe's mechanism — a short supervised warm-up in that recipe's
+format (:data:`WARMUP`, cached like the tiny model), built by a preparation thread in launch order, so the next
+warm-up trains while the first runs start up — and writes verl's rollout dump (``trainer.rollout_data_dir``), from
+which the tests read what the trainer's batch held. The session summary lists each run's wall time.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +38,26 @@ from visionr3.testing.tiny_model import tiny_model_dir
 
 PARALLEL = 2
 VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
-RESPONSE_LENGTH = {"zoom": 384, "visionthink": 128, "vlm_r3": 128, "vision_sr1": 128}
+RESPONSE_LENGTH = {"zoom": 384, "visionthink": 160, "vlm_r3": 320, "vision_sr1": 128}
+"""Tokens per trajectory: room for the recipe's image turn (a quadrant crop is 169 tokens, the resized image 64)."""
 TASK = {"zoom": "zoom", "visionthink": "zoom", "vlm_r3": "zoom", "vision_sr1": "sr1"}
+"""The synthetic rows each recipe's step trains on (visionr3.data.synthetic)."""
+WARMUP = {"zoom": ("zoom", 100), "visionthink": ("visionthink", 100), "vlm_r3": ("vlm_r3", 100), "vision_sr1": ("sr1", 100)}
+"""recipe -> (warm-up task, steps) of its starting policy (visionr3.warmup): every recipe's step starts from a policy
+that performs the recipe's own mechanism (zoom: the demo's; vision_sr1: the SR1 demo's; all cached). 100 steps, as
+the demo's: after 60, sampled at the CPU preset's temperature 0.7, the VisionThink and VLM-R3 policies garbled every
+call of a step; after 100, 31 of 32 sampled resize calls and 31 of 32 inline boxes were valid (the zoom policy's
+hermes boxes, after its long tools prompt, about 1 in 3). tests/e2e/test_recipes_cpu.py says what each test relies on."""
 
 
 @dataclass
 class Run:
-    """One finished e2e subprocess: its exit code (or "timeout"), its log and its output directory."""
+    """One finished e2e subprocess: its exit code (or "timeout"), its log, its output directory and its wall time."""
 
     returncode: int | str
     log: Path
     directory: Path
+    seconds: float = 0.0
 
     def check(self) -> None:
         assert self.returncode == 0, f"{self.returncode}; {self.log}:\n" + self.log.read_text(errors="replace")[-6000:]
@@ -56,14 +72,11 @@ def rows_for(recipe: str, directory: Path) -> Path:
 
 
 def policy_for(recipe: str) -> Path:
-    """The demo's cached warm-up for `zoom` (it zooms and answers, so its judge is asked), the random tiny model for
-    the others (every response runs to the length limit: the equal-length case visionr3.verl_fixes repairs)."""
-    base = tiny_model_dir("qwen2_5_vl")
-    if recipe != "zoom":
-        return base
+    """The recipe's warmed-up policy (:data:`WARMUP`), cached across sessions like the demo's."""
     from visionr3.demo import warmup_checkpoint
 
-    return warmup_checkpoint(base, 100, log_every=0)[0]  # the pool's thread: no prints into a test's captured stdout
+    task, steps = WARMUP[recipe]
+    return warmup_checkpoint(tiny_model_dir("qwen2_5_vl"), steps, task=task, log_every=0)[0]  # no prints into a test's stdout
 
 
 def recipe_command(recipe: str, directory: Path, judge_url: str) -> list[str]:
@@ -79,8 +92,8 @@ def recipe_command(recipe: str, directory: Path, judge_url: str) -> list[str]:
     ]
     if recipe != "vision_sr1":
         command.append(f"visionr3.reward.judge.base_url={judge_url}")
-    if recipe == "zoom":  # verl's rollout dump with visionr3's columns, which `visionr3 view` reads
-        command.append(f"trainer.rollout_data_dir={directory / 'rollouts'}")
+    # verl's rollout dump with visionr3's columns (what `visionr3 view` reads; the tests read what the batch held)
+    command.append(f"trainer.rollout_data_dir={directory / 'rollouts'}")
     return command
 
 
@@ -102,27 +115,54 @@ class Pool:
         self.thread.start()
         return self
 
-    def _jobs(self) -> dict[str, tuple[list[str], Path]]:
+    def _jobs(self) -> list[tuple[str, Callable[[], tuple[list[str], Path]]]]:
+        """(name, prepare) in launch order; ``prepare`` builds the run's policy (a cached warm-up) and command."""
         root = self.root
-        jobs: dict[str, tuple[list[str], Path]] = {
-            "demo": ([VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"),
-        }
-        for recipe in RECIPES:
-            directory = root / recipe
-            directory.mkdir(parents=True, exist_ok=True)
-            jobs[f"recipe:{recipe}"] = (recipe_command(recipe, directory, self.judge.base_url), directory)
-        return jobs
+
+        def demo() -> tuple[list[str], Path]:
+            policy_for("zoom")  # the demo's own warm-up (same key), built here rather than inside the subprocess
+            return [VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"
+
+        def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
+            def prepare() -> tuple[list[str], Path]:
+                directory = root / name
+                directory.mkdir(parents=True, exist_ok=True)
+                return recipe_command(name, directory, self.judge.base_url), directory
+
+            return prepare
+
+        # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
+        order = ["zoom", *(name for name in RECIPES if name != "zoom")]
+        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order)]
+
+    def _prepare_all(self, jobs, ready: "queue.Queue") -> None:
+        """Builds each run's policy and command in launch order (warm-ups are CPU work: the next one trains while
+        the first runs start up); a failure is queued in the job's place and reported by the scheduler."""
+        for name, prepare in jobs:
+            if self.stopping:
+                return
+            try:
+                ready.put((name, prepare()))
+            except BaseException as exc:
+                ready.put((name, exc))
 
     def _run_all(self) -> None:
         try:
-            policy_for("zoom")  # build (or find) the cached warm-up once, before the runs compete for the cores
             jobs = self._jobs()
-            waiting, running = list(jobs), {}
+            ready: queue.Queue = queue.Queue()
+            threading.Thread(target=self._prepare_all, args=(jobs, ready), name="e2e-prepare", daemon=True).start()
+            pending, running = len(jobs), {}
             deadline = time.monotonic() + 2400
-            while (waiting or running) and not self.stopping:
-                while waiting and len(running) < PARALLEL:
-                    name = waiting.pop(0)
-                    command, directory = jobs[name]
+            while (pending or running) and not self.stopping:
+                while pending and len(running) < PARALLEL:
+                    try:
+                        name, prepared = ready.get_nowait()
+                    except queue.Empty:
+                        break
+                    pending -= 1
+                    if isinstance(prepared, BaseException):
+                        raise RuntimeError(f"preparing the e2e run {name!r} failed: {prepared!r}") from prepared
+                    command, directory = prepared
                     directory.mkdir(parents=True, exist_ok=True)
                     log = directory / "run.log"
                     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(directory / "metrics.jsonl")}
@@ -130,15 +170,15 @@ class Pool:
                         env.pop("VERL_FILE_LOGGER_PATH")  # the demo names its own metrics file
                     with open(log, "w") as out:
                         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=directory, env=env)
-                    running[name] = (process, log, directory)
+                    running[name] = (process, log, directory, time.monotonic())
                     self.running[name] = process
-                for name, (process, log, directory) in list(running.items()):
+                for name, (process, log, directory, started) in list(running.items()):
                     if process.poll() is not None:
-                        self.results[name] = Run(process.returncode, log, directory)
+                        self.results[name] = Run(process.returncode, log, directory, time.monotonic() - started)
                         del running[name], self.running[name]
                     elif time.monotonic() > deadline:
                         process.kill()
-                        self.results[name] = Run("timeout", log, directory)
+                        self.results[name] = Run("timeout", log, directory, time.monotonic() - started)
                         del running[name], self.running[name]
                 time.sleep(1)
         except BaseException as exc:  # surfaced by result(), in the test that asks
@@ -183,9 +223,101 @@ def pytest_collection_modifyitems(session, config, items):
         _POOL = Pool(root).start()
 
 
+def pytest_terminal_summary(terminalreporter):
+    if _POOL is not None and _POOL.results:
+        times = ", ".join(f"{name} {run.seconds:.0f} s" for name, run in _POOL.results.items())
+        terminalreporter.write_line(f"e2e runs (wall time, 2 at a time): {times}")
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _POOL is not None:
         _POOL.close()
+
+
+class BatchImageOracle:
+    """What verl's batch must hold for a dumped trajectory's images, re-made here from the dataset row.
+
+    The dump (``batch_images``, visionr3.trainer) records, per image of the trajectory, the ``image_grid_thw`` and a
+    digest of that image's rows of ``multi_modal_inputs["pixel_values"]`` — what the actor trained on. This re-makes
+    the images independently: the row's source image as the dataset resizes it (and the VisionThink loop's
+    low-resolution first view), then each valid call of the dumped ``tool_call_log`` re-run through the recipe's
+    tool YAML on that source; each goes through the checkpoint's processor on its own.
+    """
+
+    def __init__(self, model_dir: Path):
+        from omegaconf import OmegaConf
+
+        from visionr3.configs import config_path
+        from visionr3.processing import load_processor
+
+        self.processor = load_processor(model_dir)
+        self.max_pixels = int(OmegaConf.load(config_path("cluster", "cpu.yaml")).data.max_pixels)
+
+    def expected(self, source, calls: list[dict], tool_yaml: str, low_res_factor: float | None = None) -> list[dict]:
+        """``[{"grid_thw", "sha256"}]`` for the prompt image and the image of each valid call, in order."""
+        import asyncio
+
+        from PIL import Image
+        from verl.tools.tool_registry import initialize_tools_from_config
+
+        from visionr3.configs import config_path
+        from visionr3.platform.hf_rollout import tensor_digest
+        from visionr3.processing import fetch_image, seen_size
+        from visionr3.tools.geometry import downsampled_size
+        from visionr3.tools.image_tools import call_tool
+
+        patch = self.processor.image_processor.patch_size
+        shown = fetch_image(source, patch_size=patch, max_pixels=self.max_pixels)
+        first = shown
+        if low_res_factor:
+            first = shown.resize(downsampled_size(*shown.size, low_res_factor), resample=Image.Resampling.LANCZOS)
+        images = [first]
+        (tool,) = initialize_tools_from_config(str(config_path("tools", tool_yaml)))
+        create_kwargs = {"source_images": [source], "seen_sizes": [seen_size(self.processor, first.size)],
+                         "full_sizes": [shown.size]}
+        for call in calls:
+            if call["valid"]:
+                assert call["name"] == tool.name, call
+                response, _, info = asyncio.run(call_tool(tool, call["arguments"], create_kwargs))
+                assert info.get("valid"), (call, response.text)
+                images += response.image
+        out = []
+        for image in images:
+            features = self.processor.image_processor(images=[image], return_tensors="pt")
+            out.append({"grid_thw": features["image_grid_thw"][0].tolist(), "sha256": tensor_digest(features["pixel_values"])})
+        return out
+
+    def check(self, row: dict, rows_file: Path, tool_yaml: str, low_res_factor: float | None = None) -> None:
+        """The dumped row's batch images are exactly the re-made ones (grid and pixel digest, image by image)."""
+        import pandas as pd
+
+        from visionr3.processing import open_image
+
+        source = open_image(pd.read_parquet(rows_file).iloc[row["row_index"]]["images"][0])
+        want = self.expected(source, row["tool_call_log"], tool_yaml, low_res_factor)
+        held = [{"grid_thw": image["grid_thw"], "sha256": image["sha256"]} for image in row["batch_images"]]
+        assert held == want, (
+            f"row {row['row_index']} ({row['uid']}): verl's batch holds {len(held)} image(s) that are not the prompt "
+            f"image and the {row['valid_tool_calls']} crop(s) re-made from its source: {held} != {want}"
+        )
+
+
+@pytest.fixture(scope="session")
+def batch_image_oracle() -> BatchImageOracle:
+    return BatchImageOracle(tiny_model_dir("qwen2_5_vl"))  # the warm-ups save this checkpoint's processor unchanged
+
+
+def read_dump(directory: Path) -> list[dict]:
+    """Every row of verl's rollout dump in ``directory`` (``<step>.jsonl``), in step order."""
+    import json
+
+    files = sorted(directory.glob("*.jsonl"), key=lambda path: int(path.stem))
+    return [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def rollout_dump():
+    return read_dump
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
 """The CPU demo end to end: warm-up, verl's real GRPO trainer (CPU platform, HF rollout, visionr3_agent + crop tool,
 rule reward), checkpoint, verl's model_merger, reload. Small: 2 GRPO steps of 2 prompts x 8 rollouts (16 trajectories per
-step, so a few valid crops are all but certain), about 3-4 minutes on 2 cores with the warm-up cached; it runs next to
-the recipes' CPU steps (tests/e2e/conftest.py)."""
+step), about 3-4 minutes on 2 cores with the warm-up cached; it runs next to the recipes' CPU steps
+(tests/e2e/conftest.py).
+
+Each check reads what the trainer itself held, not the agent loop's own counters: verl's rollout dump with the batch's
+image digests (``visionr3 demo`` writes it to ``<output-dir>/rollouts``), the weight-sync check the trainer logs after
+every sync, the FSDP checkpoint, and the merged model.
+"""
 
 import json
 from pathlib import Path
@@ -18,44 +23,77 @@ def demo(e2e_runs):
     return run.directory, run.log.read_text(), json.loads((run.directory / "summary.json").read_text())
 
 
-def test_trainer_steps_and_metrics(demo):
-    out, stdout, summary = demo
+@pytest.fixture(scope="module")
+def step_rows(demo):
+    _, _, summary = demo
+    rows = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines() if line.strip()]
+    return [row["data"] for row in rows if "actor/pg_loss" in row["data"]]
+
+
+@pytest.fixture(scope="module")
+def shard(demo):
+    """The last FSDP checkpoint (fp32), as plain tensors."""
+    _, _, summary = demo
+    state = torch.load(Path(summary["checkpoint_dir"]) / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
+    return {name: tensor.to_local() if hasattr(tensor, "to_local") else tensor for name, tensor in state.items()}
+
+
+def test_trainer_steps_and_metrics(demo, step_rows):
+    _, stdout, summary = demo
     assert summary["steps"] == 2 and "demo done" in stdout
-    rows = [json.loads(line)["data"] for line in Path(summary["metrics_file"]).read_text().splitlines()]
-    train_rows = [row for row in rows if "actor/pg_loss" in row]
-    assert len(train_rows) == 2
-    for row in train_rows:  # loss, reward and our tool metrics were logged by verl's trainer
+    assert len(step_rows) == 2
+    for row in step_rows:  # loss, reward and our tool metrics were logged by verl's trainer
         for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "visionr3/tool_calls/mean",
-                    "visionr3/reward/accuracy/mean", "training/num_turns/mean", "timing_s/step"):
+                    "visionr3/reward/accuracy/mean", "training/num_turns/mean", "timing_s/step",
+                    "visionr3/weight_sync/match"):
             assert key in row, key
     assert all(len(summary[k]) == 2 for k in ("reward_mean", "tool_call_rate", "step_seconds"))
 
 
-def test_tool_calls_and_their_images_reached_the_batch(demo):
+def test_tool_calls_and_their_crops_reached_the_trainers_batch(demo, rollout_dump, batch_image_oracle):
+    """Every dumped trajectory's images in verl's batch (``multi_modal_inputs``: grid and pixel digest per image) are
+    exactly its prompt image and the crops of its valid calls, re-made here from the dataset row's source image.
+
+    Relies on the warmed-up policy making at least one valid crop in 2 steps x 16 rollouts (its boxes are coarse
+    quadrants, about one sampled call in three is valid; visionr3/warmup.quadrant_box)."""
     _, _, summary = demo
-    assert max(summary["tool_call_rate"]) > 0, "the warmed-up policy must call the crop tool"
-    # A valid call adds its crop to the trajectory's images, and verl's batch carries every image's pixels.
-    assert max(summary["tool_images"]) > 0
+    rows = rollout_dump(Path(summary["rollout_dir"]))
+    assert len(rows) == 2 * 16
+    assert max(summary["tool_call_rate"]) > 0, "the warmed-up policy did not call the crop tool"
+    cropped = [row for row in rows if row["valid_tool_calls"] > 0]
+    assert cropped, "the warmed-up policy made no valid crop in 2 steps x 16 rollouts"
+    for row in rows:
+        assert len(row["batch_images"]) == row["num_images"] == 1 + row["valid_tool_calls"]
+        batch_image_oracle.check(row, Path(summary["train_files"]), "crop_zoom.yaml")
 
 
-def test_rollout_uses_the_trained_weights(demo):
-    _, _, summary = demo
-    # The rollout's log-probs (HF replica) match the actor's recomputation on every step, including step 2, which is
-    # sampled after the first update was synced to the replica: a stale replica would diverge here.
-    assert all(diff is not None and diff < 0.02 for diff in summary["rollout_probs_diff_mean"])
+def test_rollout_uses_the_trained_weights(demo, step_rows, shard):
+    """After every weight sync the replica holds exactly the actor's weights (digests the trainer compares), the
+    update reached it on every step, and the actor digest it was compared with is the saved checkpoint's."""
+    from visionr3.platform.hf_rollout import combined_digest, named_tensor_digests
+    from visionr3.trainer import digest_number
+
+    first, second = step_rows
+    assert first["visionr3/weight_sync/initial_match"] == 1.0  # the sync before step 1: the warmed-up policy
+    assert all(row["visionr3/weight_sync/match"] == 1.0 and row["visionr3/weight_sync/mismatched"] == 0 for row in step_rows)
+    replicas = [first["visionr3/weight_sync/initial_replica_digest"], first["visionr3/weight_sync/replica_digest"],
+                second["visionr3/weight_sync/replica_digest"]]
+    assert len(set(replicas)) == 3, f"a weight sync did not change the replica's weights: {replicas}"
+    assert digest_number(combined_digest(named_tensor_digests(shard.items(), "float32"))) == second["visionr3/weight_sync/actor_digest"]
+    # and the rollout's log-probs (HF replica) match the actor's recomputation on both steps
+    assert all(row["training/rollout_probs_diff_mean"] < 0.02 for row in step_rows)
 
 
-def test_parameters_changed_and_merged_model_reloads(demo):
+def test_parameters_changed_and_the_merged_model_holds_the_checkpoint(demo, shard):
     from transformers import AutoModelForImageTextToText
 
     _, _, summary = demo
     # The fp32 FSDP checkpoint against the warmed-up policy GRPO started from (bf16, as merged, would hide 1e-4 steps).
-    shard = torch.load(Path(summary["checkpoint_dir"]) / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
-    trained = {name: tensor.to_local() if hasattr(tensor, "to_local") else tensor for name, tensor in shard.items()}
     before = AutoModelForImageTextToText.from_pretrained(summary["policy_dir"], dtype=torch.float32).state_dict()
-    changed = [name for name, t in trained.items() if name in before and not torch.equal(t, before[name])]
-    assert len(changed) > len(trained) // 2, f"GRPO must update the trained parameters ({len(changed)}/{len(trained)})"
-    # The demo already compared every merged tensor with the checkpoint; the merged directory loads on its own.
+    changed = [name for name, t in shard.items() if name in before and not torch.equal(t, before[name])]
+    assert len(changed) > len(shard) // 2, f"GRPO must update the trained parameters ({len(changed)}/{len(shard)})"
+    # verl's model_merger writes bf16: every merged tensor is the checkpoint's, rounded to bf16.
     merged = AutoModelForImageTextToText.from_pretrained(summary["merged_model_dir"], dtype="auto").state_dict()
-    assert merged.keys() == before.keys()
-    assert all(merged[name].shape == before[name].shape for name in merged)
+    assert merged.keys() == before.keys() and set(shard) <= set(merged)
+    differ = [name for name, tensor in shard.items() if not torch.equal(merged[name], tensor.to(merged[name].dtype))]
+    assert not differ and all(t.dtype == torch.bfloat16 for t in merged.values()), differ

@@ -1,16 +1,26 @@
 """Every recipe's CPU variant, one step of verl's real trainer on a tiny Qwen2.5-VL (`visionr3 train --recipe <name>
 --config-name cpu`): the recipe's own agent loop, tool, reward formula, judge settings, shaping and advantages, with
-the CPU preset (HF rollout, fp32 FSDP2, one logical GPU) on top. tests/e2e/conftest.py starts the runs, two at a time, with the demo.
+the CPU preset (HF rollout, fp32 FSDP2, one logical GPU) on top. tests/e2e/conftest.py starts the runs, two at a
+time, with the demo.
 
-The judged recipes talk to a loopback OpenAI-compatible server (the stand-in for a remote judge API). The zoom run
-starts from the demo's warmed-up policy (cached), which calls the crop
-tool and answers, so its judge really is asked; the others start from the random tiny model, whose responses all run
-to the length limit (equal lengths: the case visionr3.verl_fixes repairs in verl's update_actor).
+Each run starts from a policy warmed up in its recipe's own format (tests/e2e/conftest.py ``WARMUP``,
+visionr3/warmup.py), so the step exercises the recipe's mechanism, and each test asserts that it did — from the
+step's metrics and from verl's rollout dump, which carries what the trainer's batch held:
+
+- zoom: hermes ``image_zoom_in_tool`` calls, every answer judged (the loopback judge, ``use: always``);
+- VisionThink: the low-resolution first view, a ``resize_image`` call that brings the full image back, and the
+  apply-ratio shaping rewriting the scores verl trained on;
+- VLM-R3: bare inline boxes, the crop inserted into the same assistant turn, the gated region reward;
+- Vision-SR1: a description, so the text-only second pass runs, and the visual reward it earns.
 """
 
 import json
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from visionr3.recipes import RECIPES
 
@@ -21,47 +31,168 @@ COMPONENTS = {
     "vlm_r3": ("accuracy", "format", "region", "length"),
     "vision_sr1": ("accuracy", "format", "visual"),
 }
+TRAJECTORIES = 4  # 2 prompts x n=2 (tests/e2e/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def finished(e2e_runs):
+    """``finished(recipe)``: (the step's metrics, the step's dumped rows, the run directory) of a recipe's CPU run."""
+
+    def read(recipe: str) -> tuple[dict, list[dict], Path]:
+        run = e2e_runs[f"recipe:{recipe}"]
+        run.check()
+        lines = (run.directory / "metrics.jsonl").read_text().splitlines()
+        (step,) = [row["data"] for row in map(json.loads, filter(str.strip, lines)) if "actor/pg_loss" in row["data"]]
+        rows = [json.loads(line) for line in (run.directory / "rollouts" / "1.jsonl").read_text().splitlines()]
+        assert len(rows) == TRAJECTORIES
+        return step, rows, run.directory
+
+    return read
+
+
+def agent_loop(name: str) -> dict:
+    from visionr3.configs import config_path
+
+    (entry,) = [e for e in OmegaConf.to_container(OmegaConf.load(config_path("agent_loop.yaml"))) if e["name"] == name]
+    return entry
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_cpu_variant_runs_one_step(recipe, e2e_runs, judge):
-    run = e2e_runs[f"recipe:{recipe}"]
-    run.check()
-    metrics = run.directory / "metrics.jsonl"
-    steps = [json.loads(line)["data"] for line in metrics.read_text().splitlines() if line.strip()]
-    (step,) = [row for row in steps if "actor/pg_loss" in row]
+def test_cpu_variant_runs_one_step_on_synced_weights(recipe, finished):
+    step, rows, _ = finished(recipe)
     for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "training/num_turns/mean",
                 *(f"visionr3/reward/{name}/mean" for name in COMPONENTS[recipe])):
         assert key in step, key
-    if recipe == "vision_sr1":  # the second pass ran or was refused for every trajectory, then decoupled advantages
-        rates = [step[f"visionr3/self_reward/{s}_rate"] for s in
-                 ("answered", "no_description", "empty_description", "leaky_description", "failed")]
-        assert abs(sum(rates) - 1.0) < 1e-6
-    if recipe == "zoom":  # the warmed-up policy zooms and answers; every answer goes to the judge (use: always)
-        assert step["visionr3/tool_call_rate"] > 0
-        assert step["visionr3/reward/judge_failed/mean"] == 0.0
-        assert judge.requests > 0
+    # the replica held the actor's weights before the step and after its update (visionr3.trainer's check)
+    assert step["visionr3/weight_sync/initial_match"] == 1.0 and step["visionr3/weight_sync/match"] == 1.0
+    assert step["visionr3/weight_sync/initial_replica_digest"] != step["visionr3/weight_sync/replica_digest"]
+    for row in rows:  # the dumped score is what verl trained on; every component was logged per trajectory
+        assert all(isinstance(row[name], float) for name in COMPONENTS[recipe])
 
 
-def test_zoom_rollout_dump_has_visionr3_columns_and_renders_in_the_viewer(e2e_runs, tmp_path):
+def test_zoom_calls_the_crop_tool_and_every_answer_is_judged(finished, judge):
+    """Relies on the demo's warmed-up policy, which calls the crop tool (it may write a bad box: an error turn) and
+    then answers."""
+    step, rows, _ = finished("zoom")
+    assert step["visionr3/tool_call_rate"] > 0, "the warmed-up policy did not call image_zoom_in_tool"
+    assert all(call["name"] == "image_zoom_in_tool" for row in rows for call in row["tool_call_log"])
+    answered = [row for row in rows if "<answer>" in row["output"]]
+    assert answered, "the warmed-up policy never answered"
+    assert step["visionr3/reward/judge_failed/mean"] == 0.0
+    assert judge.requests >= len(answered)  # use: always — every answer went to the (loopback) judge
+    assert all(row["judged"] == 1.0 for row in answered)
+
+
+def test_zoom_rollout_dump_renders_in_the_viewer(finished, tmp_path):
     """`trainer.rollout_data_dir` on the zoom run: verl's dump plus visionr3's columns, then `visionr3 view` on it."""
     from visionr3.eval.view import build_report
 
-    run = e2e_runs["recipe:zoom"]
-    run.check()
-    dump = run.directory / "rollouts" / "1.jsonl"
-    rows = [json.loads(line) for line in dump.read_text().splitlines()]
-    assert len(rows) == 4  # 2 prompts x n=2
+    _, rows, directory = finished("zoom")
+    dump = directory / "rollouts" / "1.jsonl"
     for row in rows:
         for key in ("input", "output", "gts", "score", "step", "uid"):  # verl's own
             assert key in row, key
-        for key in ("accuracy", "format", "tool", "tool_calls", "crop_boxes", "assistant_turns", "tool_call_log", "image", "image_size"):
+        for key in ("accuracy", "format", "tool", "tool_calls", "crop_boxes", "assistant_turns", "tool_call_log",
+                    "image", "image_size", "batch_images", "reward_score", "row_index"):
             assert key in row, key
         assert (dump.parent / row["image"]).is_file() and row["image_size"] == [448, 448]
         assert len(row["tool_call_log"]) == row["tool_calls"]
-        assert all(call["name"] for call in row["tool_call_log"])
     stats = build_report([dump.parent], tmp_path / "rollouts.html")
-    assert stats.shown == 4 and stats.total == 4
+    assert stats.shown == len(rows) and stats.total == len(rows)
     html = (tmp_path / "rollouts.html").read_text()
-    assert html.count('data-kind="rollout"') == 4
+    assert html.count('data-kind="rollout"') == len(rows)
     assert 'viewBox="0 0 448 448"' in html  # the question image in its source frame, where boxes are drawn
+
+
+def apply_ratio_penalty(rows: list[dict], theta: float, penalty: float) -> list[float]:
+    """VisionThink's Eq. 5 (paper variant), written out here as the oracle: per prompt, r = share of the correct
+    rollouts that answered without resizing (undefined, no penalty, when none is correct); direct answers lose
+    ``penalty`` when r < theta, resized ones when r >= theta."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(i)
+    out = [0.0] * len(rows)
+    for members in groups.values():
+        correct = [i for i in members if rows[i]["accuracy"] > 0.5]
+        if not correct:
+            continue
+        r = sum(rows[i]["tool_calls"] == 0 for i in correct) / len(correct)
+        for i in members:
+            direct = rows[i]["tool_calls"] == 0
+            out[i] = penalty if (direct and r < theta) or (not direct and r >= theta) else 0.0
+    return out
+
+
+def test_visionthink_resizes_from_the_low_resolution_view_and_shapes_the_scores(finished, batch_image_oracle):
+    """Relies on the VisionThink warm-up: it asks ``resize_image`` for the full image (31 of 32 sampled first turns),
+    then answers."""
+    from visionr3.recipes import recipe_dir
+
+    step, rows, directory = finished("visionthink")
+    assert step["visionr3/tool_call_rate"] > 0, "the warmed-up policy did not call resize_image"
+    resized = [row for row in rows if row["valid_tool_calls"] > 0]
+    assert resized, "the warmed-up policy called resize_image, but never validly"
+    assert all(call["name"] == "resize_image" for row in rows for call in row["tool_call_log"])
+    # verl's batch: the first view at 1/2 per side (112 px: 8x8 patches), the resized image at full size (224 px)
+    factor = float(agent_loop("visionr3_visionthink")["low_res_factor"])
+    for row in rows:
+        batch_image_oracle.check(row, directory / "rows.parquet", "resize.yaml", low_res_factor=factor)
+    assert all(row["batch_images"][0]["grid_thw"] == [1, 8, 8] for row in rows)
+    assert all(row["batch_images"][1]["grid_thw"] == [1, 16, 16] for row in resized)
+    # apply-ratio shaping (visionr3_sync, before verl's advantages): the dumped score, which is the rm_scores verl
+    # trained on, is the reward function's score minus the Eq. 5 penalty recomputed here from the dumped rows
+    shaping = OmegaConf.load(recipe_dir("visionthink") / "config.yaml").visionr3.shaping.apply_ratio
+    assert shaping.enable and shaping.variant == "paper"
+    penalties = apply_ratio_penalty(rows, shaping.theta, shaping.penalty)
+    assert [row["score"] for row in rows] == pytest.approx([row["reward_score"] - p for row, p in zip(rows, penalties)])
+    assert step["visionr3/shaping/apply_ratio_penalty/mean"] == pytest.approx(np.mean(penalties))
+    assert step["visionr3/shaping/penalised_rate"] == pytest.approx(np.mean([p > 0 for p in penalties]))
+    assert "visionr3/shaping/direct_answer_ratio/mean" in step
+
+
+def test_vlm_r3_writes_inline_boxes_and_gets_the_crop_in_the_same_turn(finished, batch_image_oracle):
+    """Relies on the VLM-R3 warm-up: it writes a bare ``{"bbox_2d": [...]}`` around the square's quadrant (31 of 32
+    sampled boxes were valid), then answers after the inserted crop."""
+    step, rows, directory = finished("vlm_r3")
+    assert step["visionr3/tool_call_rate"] > 0, "the warmed-up policy did not write an inline box"
+    cropped = [row for row in rows if row["valid_tool_calls"] > 0]
+    assert cropped, "the warmed-up policy wrote inline boxes, but no valid one"
+    assert step["visionr3/tool_images/mean"] > 0
+    for row in rows:
+        batch_image_oracle.check(row, directory / "rows.parquet", "crop_zoom.yaml")
+    for row in cropped:  # the box closes a generated segment; the crop is context (mask 0) inside the same turn
+        assert re.search(r'\{"bbox_2d": \[[^\]]*\]', row["assistant_turns"][0]), row["assistant_turns"]
+        assert len(row["assistant_turns"]) >= 2 and "<tool_response>" not in row["output"]
+    # the region reward: 0.5 for a valid region call, paid only with a correct answer (VLM-R3's gate)
+    for row in rows:
+        assert row["region"] in (0.0, 0.5)
+        if row["region"]:
+            assert row["accuracy"] == 1.0 and row["tool_calls"] > 0, row
+        elif row["accuracy"] == 1.0 and row["tool_call_log"] and all(call["valid"] for call in row["tool_call_log"]):
+            pytest.fail(f"a correct answer after valid region calls earned no region reward: {row}")
+    assert step["visionr3/reward/region/mean"] == pytest.approx(np.mean([row["region"] for row in rows]))
+
+
+def boxed(text: str | None) -> str | None:
+    found = re.findall(r"\\boxed\{([^{}]*)\}", text or "")
+    return found[-1].strip().strip(".").lower() if found else None
+
+
+def test_vision_sr1_describes_answers_from_the_description_and_earns_the_visual_reward(finished):
+    """Relies on the Vision-SR1 warm-up: it writes ``<description>…</description> <think>…</think> \\boxed{…}`` and
+    answers the text-only second pass in the same format."""
+    step, rows, _ = finished("vision_sr1")
+    rates = {s: step[f"visionr3/self_reward/{s}_rate"] for s in
+             ("answered", "no_description", "empty_description", "leaky_description", "failed")}
+    assert sum(rates.values()) == pytest.approx(1.0)  # every trajectory got exactly one second-pass status
+    assert rates["answered"] > 0, f"the warmed-up policy wrote no usable description: {rates}"
+    assert step["visionr3/self_answer_tokens/mean"] > 0  # the second pass really generated, through the rollout server
+    for row in rows:
+        if row["self_reward_status"] != "answered":  # no second pass, no visual reward
+            assert row["self_answer"] is None and row["visual"] == 0.0
+        else:  # the visual reward is the description-only answer's correctness
+            assert row["self_answer"] and row["visual"] in (0.0, 1.0)
+            if row["visual"] == 1.0:
+                assert boxed(row["self_answer"]) == row["gts"].lower(), row["self_answer"]
+    assert step["visionr3/reward/visual/mean"] == pytest.approx(np.mean([row["visual"] for row in rows]))
+    assert step["visionr3/reward/visual/mean"] <= rates["answered"] + 1e-9

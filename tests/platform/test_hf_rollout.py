@@ -131,6 +131,13 @@ class FakeTrainerWorker:
 
         return {k: tensor_digest(v) for k, v in self.model.state_dict().items()}
 
+    def sync_digests(self, dtype=None) -> dict:
+        """What the trainer's weight-sync check digests on the actor (``visionr3.trainer.actor_weight_digests`` runs
+        the same function over verl's ``get_per_tensor_param``): the weights as the sync sends them."""
+        from visionr3.platform.hf_rollout import named_tensor_digests
+
+        return named_tensor_digests(self.model.state_dict().items(), dtype)
+
     async def update_weights(self, global_steps: int) -> dict:
         """``ActorRolloutRefWorker.update_weights(mode="naive")`` without FSDP: resume → push → resume kv_cache."""
         await self.rollout.resume(tags=["weights"])
@@ -516,6 +523,32 @@ def test_weight_update_through_the_adapter_in_a_trainer_worker(server, trainer_w
         ray.get(trainer_worker.update_weights.remote(global_steps=0))
     assert ray.get(server.get_state_dict_digest.remote()) == original
     assert generate(server, prompt, temperature=0, max_tokens=4, logprobs=True).log_probs == before.log_probs
+
+
+def test_weight_sync_check_reports_a_stale_replica(server, trainer_worker, model_dir):
+    """The trainer's check after every sync (``visionr3/weight_sync/match``): the actor's weights against what the
+    replica holds. An update the replica never received is a mismatch naming the tensor; the sync repairs it."""
+    from visionr3.platform.hf_rollout import replica_weight_report
+
+    dtype = ray.get(server.get_info.remote())["dtype"]
+    synced = replica_weight_report(ray.get(trainer_worker.sync_digests.remote(dtype)), [server])
+    assert synced["match"] and synced["mismatched"] == []
+    assert synced["replica_digests"] == [synced["actor_digest"]]
+    try:
+        ray.get(trainer_worker.perturb.remote(PERTURBED, 0.25))  # an optimizer step the replica did not get
+        stale = replica_weight_report(ray.get(trainer_worker.sync_digests.remote(dtype)), [server])
+        assert not stale["match"] and stale["mismatched"] == [PERTURBED]
+        assert stale["replica_digests"] == synced["replica_digests"] != [stale["actor_digest"]]
+        ray.get(trainer_worker.update_weights.remote(global_steps=1))
+        fresh = replica_weight_report(ray.get(trainer_worker.sync_digests.remote(dtype)), [server])
+        assert fresh["match"] and fresh["replica_digests"] == [stale["actor_digest"]]
+        # a name the replica cannot place is a mismatch too, never silently skipped
+        extra = replica_weight_report({**ray.get(trainer_worker.sync_digests.remote(dtype)), "model.extra.weight": "0"}, [server])
+        assert extra["mismatched"] == ["model.extra.weight"]
+    finally:
+        ray.get(trainer_worker.reload.remote(str(model_dir)))
+        ray.get(trainer_worker.update_weights.remote(global_steps=0))
+    assert replica_weight_report(ray.get(trainer_worker.sync_digests.remote(dtype)), [server]) == synced
 
 
 def _counting(items, consumed):

@@ -138,6 +138,50 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def named_tensor_digests(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: Optional[str] = None) -> dict[str, str]:
+    """``{name: tensor_digest}`` of ``(name, tensor)`` pairs, floating tensors cast to ``dtype`` first (e.g. the
+    replica's ``"float32"``: a bf16 replica holds the fp32 actor's weights rounded, and that is still "in sync").
+    A DTensor is gathered (``full_tensor``, a collective: every rank must iterate)."""
+    cast = getattr(torch, dtype) if dtype else None
+    digests: dict[str, str] = {}
+    for name, tensor in named_tensors:
+        tensor = tensor.detach()
+        if hasattr(tensor, "full_tensor"):
+            tensor = tensor.full_tensor()
+        if cast is not None and tensor.is_floating_point():
+            tensor = tensor.to(cast)
+        digests[name] = tensor_digest(tensor)
+    return digests
+
+
+def combined_digest(digests: Mapping[str, Optional[str]]) -> str:
+    """One SHA-256 over ``{name: digest}`` (sorted by name; a missing weight counts as ``None``)."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(f"{name}={digests[name]}\n".encode())
+    return h.hexdigest()
+
+
+def weight_mismatches(expected: Mapping[str, str], held: Mapping[str, Optional[str]]) -> list[str]:
+    """Names whose digest in ``held`` (what a replica holds, :meth:`HFServer.get_weight_digests`) is not the one in
+    ``expected`` (the actor's, :func:`named_tensor_digests`); a name the replica has no weight for is a mismatch."""
+    return sorted(name for name, digest in expected.items() if held.get(name) != digest)
+
+
+def replica_weight_report(expected: Mapping[str, str], servers: Sequence[Any]) -> dict[str, Any]:
+    """Whether every server (an :class:`HFServer` actor handle) holds the weights ``expected`` describes (the actor's
+    :func:`named_tensor_digests`, cast to the server's dtype): ``{"match", "mismatched" (names, sorted),
+    "actor_digest", "replica_digests" (one per server)}``. The trainer runs it after every weight sync."""
+    held = ray.get([server.get_weight_digests.remote(list(expected)) for server in servers])
+    mismatched = sorted({name for digests in held for name in weight_mismatches(expected, digests)})
+    return {
+        "match": not mismatched,
+        "mismatched": mismatched,
+        "actor_digest": combined_digest(expected),
+        "replica_digests": [combined_digest(digests) for digests in held],
+    }
+
+
 def _get(obj: Any, key: str, default: Any = None) -> Any:
     """``obj.key`` / ``obj[key]`` for dataclasses, DictConfigs and dicts alike."""
     if obj is None:
@@ -1443,6 +1487,17 @@ class HFServer:
         """``{key: tensor_digest(weight)}`` of every weight: compare with :func:`tensor_digest` of the sender's."""
         return {key: tensor_digest(value) for key, value in self.model.state_dict().items()}
 
+    async def get_weight_digests(self, names: Sequence[str]) -> dict[str, Optional[str]]:
+        """``{name: tensor_digest}`` of the weight each sender's name resolves to (the names :meth:`load_weights`
+        accepts; ``None``: no such weight), read under the model lock so no sync is half applied. The trainer
+        compares them with the actor's after every weight sync (:func:`weight_mismatches`, ``visionr3.trainer``)."""
+        async with self._lock:
+            state = self.model.state_dict()
+            keys = {name: self._resolve_weight_name(name) for name in names}
+            return await asyncio.to_thread(
+                lambda: {name: None if key is None else tensor_digest(state[key]) for name, key in keys.items()}
+            )
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Replica
@@ -1730,10 +1785,14 @@ __all__ = [
     "ROLLOUT_NAME",
     "SERVER_NAME_PREFIX",
     "chat_request",
+    "combined_digest",
     "decode_image_url",
+    "named_tensor_digests",
     "openai_app",
     "register",
+    "replica_weight_report",
     "server_actor_name",
     "tensor_digest",
     "truncate_at_stop",
+    "weight_mismatches",
 ]
