@@ -11,6 +11,11 @@ another platform) stay skips: their condition is in the code, not in the machine
 
 import os
 
+# OpenMP's idle threads spin by default: with the e2e trainers, their Ray workers and the unit tests sharing 2 cores,
+# spinning threads steal each other's cycles (5x slower side by side; see configs/cluster/cpu.yaml). Set before
+# anything loads torch's OpenMP runtime, which reads it once; every subprocess and Ray worker inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Never reach for a model hub: every model in the tests is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
