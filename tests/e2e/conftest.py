@@ -10,7 +10,7 @@ up, and each e2e test then waits only for its own run. (Started from the first e
 for the pool's ~5 minutes.)
 
 Every run starts from a policy that performs its recipe's mechanism — a short supervised warm-up in that recipe's
-format (:data:`WARMUP`, cached like the tiny model), built by a preparation thread in launch order, so the next
+format (:data:`WARMUP`, cached like the tiny model), built by one child process in launch order, so the next
 warm-up trains while the first runs start up — and writes verl's rollout dump (``trainer.rollout_data_dir``), from
 which the tests read what the trainer's batch held. The session summary lists each run's wall time.
 """
@@ -71,19 +71,59 @@ def rows_for(recipe: str, directory: Path) -> Path:
     return path
 
 
-def policy_for(recipe: str) -> Path:
-    """The recipe's warmed-up policy (:data:`WARMUP`), cached across sessions like the demo's."""
-    from visionr3.demo import warmup_checkpoint
+class Warmups:
+    """The runs' starting policies (:data:`WARMUP`), built by one child process in launch order and cached like the
+    demo's; :meth:`path` waits for one. A child, not a thread of the pytest process: a warm-up is many small torch
+    calls, and in a thread their Python half holds the GIL the unit tests in the main thread need."""
 
-    task, steps = WARMUP[recipe]
-    return warmup_checkpoint(tiny_model_dir("qwen2_5_vl"), steps, task=task, log_every=0)[0]  # no prints into a test's stdout
+    MARK = "warm-up\t"
+    CHILD = (
+        "import sys\n"
+        "from visionr3.demo import warmup_checkpoint\n"
+        "from visionr3.testing.tiny_model import tiny_model_dir\n"
+        "base = tiny_model_dir('qwen2_5_vl')\n"
+        "for spec in sys.argv[1:]:\n"
+        "    task, steps = spec.split(':')\n"
+        "    path = warmup_checkpoint(base, int(steps), task=task, log_every=0)[0]\n"
+        "    print(f'warm-up\\t{task}\\t{path}', flush=True)\n"
+    )
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.paths: dict[str, Path] = {}
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen | None = None
+
+    def path(self, recipe: str) -> Path:
+        task, _ = WARMUP[recipe]
+        with self.lock:
+            if self.process is None:
+                specs = list(dict.fromkeys(f"{t}:{n}" for t, n in WARMUP.values()))  # launch order, zoom first
+                with open(self.log, "w") as err:
+                    self.process = subprocess.Popen([sys.executable, "-c", self.CHILD, *specs], stdout=subprocess.PIPE,
+                                                    stderr=err, text=True)
+            while task not in self.paths:
+                line = self.process.stdout.readline()
+                if not line:
+                    code = self.process.wait()
+                    tail = self.log.read_text(errors="replace")[-4000:]
+                    raise RuntimeError(f"the warm-up process exited ({code}) before the {task!r} policy:\n{tail}")
+                if line.startswith(self.MARK):
+                    built, where = line[len(self.MARK):].rstrip("\n").split("\t")
+                    self.paths[built] = Path(where)
+            return self.paths[task]
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
 
 
-def recipe_command(recipe: str, directory: Path, judge_url: str) -> list[str]:
+def recipe_command(recipe: str, directory: Path, judge_url: str, policy: Path) -> list[str]:
     rows = rows_for(recipe, directory)
     command = [
         VISIONR3, "train", "--recipe", recipe, "--config-name", "cpu",
-        f"actor_rollout_ref.model.path={policy_for(recipe)}",
+        f"actor_rollout_ref.model.path={policy}",
         f"data.train_files={rows}", f"data.val_files={rows}",
         f"data.max_response_length={RESPONSE_LENGTH[recipe]}",
         "actor_rollout_ref.rollout.n=2",
@@ -103,6 +143,7 @@ class Pool:
     def __init__(self, root: Path):
         self.root = root
         self.judge = OpenAIStubServer()
+        self.warmups = Warmups(root / "warmups.log")
         self.results: dict[str, Run] = {}
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -120,14 +161,14 @@ class Pool:
         root = self.root
 
         def demo() -> tuple[list[str], Path]:
-            policy_for("zoom")  # the demo's own warm-up (same key), built here rather than inside the subprocess
+            self.warmups.path("zoom")  # the demo's own warm-up (same key), built here rather than inside the subprocess
             return [VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"
 
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
             def prepare() -> tuple[list[str], Path]:
                 directory = root / name
                 directory.mkdir(parents=True, exist_ok=True)
-                return recipe_command(name, directory, self.judge.base_url), directory
+                return recipe_command(name, directory, self.judge.base_url, self.warmups.path(name)), directory
 
             return prepare
 
@@ -199,6 +240,7 @@ class Pool:
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=30)
+        self.warmups.close()
         self.thread.join(timeout=30)
         self.judge.__exit__(None, None, None)
 
