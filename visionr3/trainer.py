@@ -338,7 +338,7 @@ def _register() -> None:
             import transfer_queue as tq
 
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-            rows = list(data["extra_fields"].tolist()) if hasattr(data["extra_fields"], "tolist") else list(data["extra_fields"])
+            rows = _rows(data["extra_fields"])
             padding = [tag.get("is_padding", False) for tag in batch.tags]
             metrics.update(aggregate_trajectory_metrics([row for row, pad in zip(rows, padding) if not pad]))
 
@@ -426,7 +426,7 @@ def _register() -> None:
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
             uids = [str(uid) for uid in data["uid"].tolist()] if hasattr(data["uid"], "tolist") else list(data["uid"])
             extra = data["extra_fields"]
-            rewards = reward_rows(list(extra.tolist()) if hasattr(extra, "tolist") else list(extra))
+            rewards = reward_rows(_rows(extra))
             padding = np.array([bool(tag.get("is_padding", False)) for tag in batch.tags])
             excluded = np.array([float(r.get("excluded", 0.0)) > 0 for r in rewards])
             valid = ~padding & ~excluded
