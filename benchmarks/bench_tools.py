@@ -35,7 +35,7 @@ def bench_tools(repeats: int) -> None:
     from PIL import Image
     from verl.tools.tool_registry import initialize_tools_from_config
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
     from visionr3.tools.geometry import plan_crop
     from visionr3.tools.image_tools import call_tool
 
@@ -86,7 +86,7 @@ def bench_agent_loop(trajectories: int, repeats: int) -> None:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
     from visionr3.processing import fetch_image
     from visionr3.testing.agent_harness import build_gen_batch, compose_verl_config, dataset_row, make_agent_loop_worker
     from visionr3.testing.conversations import marked_canvas

@@ -116,7 +116,7 @@ def test_merges_qwen25vl_two_shards_with_the_tool_template(checkpoints, tmp_path
     import torch
     from transformers import AutoProcessor
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
     from visionr3.testing.tiny_model import tiny_model_dir
 
     actor = checkpoints["qwen2_5_vl"] / "global_step_1" / "actor"
@@ -281,7 +281,7 @@ def test_output_is_protected(checkpoints, tmp_path):
 
 
 def test_chat_template_choice(tmp_path):
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     auto = resolve_chat_template("auto", "qwen2_5_vl")
     assert auto.text == config_path("chat_templates", "qwen2_5_vl_tool.jinja").read_text() and auto.require_tools

@@ -30,7 +30,7 @@ def test_console_script_installed():
 
 
 def test_configs_ship_as_package():
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     template = config_path("chat_templates", "qwen2_5_vl_tool.jinja")
     assert template.read_text().count("<tool_call>") >= 1

@@ -5,8 +5,8 @@ compose. The CPU variants are composed here too; tests/e2e/test_recipes_cpu.py r
 import pytest
 from omegaconf import OmegaConf
 
-from visionr3.configs import config_path
-from visionr3.recipes import RECIPE_SEARCHPATH, RECIPES, recipe_dir
+from visionr3.config import config_path
+from visionr3.config import RECIPE_SEARCHPATH, RECIPES, recipe_dir
 from visionr3.testing.configs import compose as compose_config
 from visionr3.testing.configs import validate
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from visionr3.configs import config_path
+from visionr3.config import config_path
 from visionr3.testing.configs import compose as compose_config
 from visionr3.testing.configs import validate
 

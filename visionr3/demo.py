@@ -43,7 +43,7 @@ def warmup_checkpoint(
     and verified on every read like the tiny models (:func:`visionr3.testing.cache.cached_build`)."""
     from omegaconf import OmegaConf
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
     from visionr3.testing.cache import sha256_file, cache_root, cached_build
     from visionr3.warmup import supervised_warmup
 

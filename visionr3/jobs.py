@@ -231,7 +231,7 @@ def resolve_working_dir(value: str | None, cwd: Path) -> str | None:
 
 def check_recipe(recipe: str, config_name: str | None) -> None:
     """Fail before submitting when the recipe (or its variant) does not exist here, rather than minutes into a job."""
-    from visionr3.recipes import recipe_dir
+    from visionr3.config import recipe_dir
 
     try:
         directory = recipe_dir(recipe)
@@ -245,7 +245,7 @@ def check_recipe(recipe: str, config_name: str | None) -> None:
 
 def check_config(config_name: str) -> None:
     """Fail before submitting when ``--config-name`` (without ``--recipe``) is not one of visionr3's configs."""
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     try:
         config_path(f"{config_name}.yaml")
@@ -272,7 +272,7 @@ def plan_submission(args: argparse.Namespace, environ: Mapping[str, str], cwd: P
         raise JobsError("nothing to run: give --recipe NAME (and Hydra overrides after --), or a command after --")
     entrypoint = require_env_prefix(args.require_env or []) + body
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     runtime_env = load_runtime_env(args.runtime_env or config_path("runtime_env.yaml"))
     if args.no_working_dir:

@@ -210,7 +210,7 @@ def resolve_chat_template(option: str | os.PathLike | None, model_type: str) -> 
         name = AUTO_TEMPLATES.get(model_type)
         if name is None:
             return ChatTemplateChoice(None, "the checkpoint's")
-        from visionr3.configs import config_path
+        from visionr3.config import config_path
 
         return ChatTemplateChoice(config_path("chat_templates", name).read_text(encoding="utf-8"), name, require_tools=True)
     path = Path(option).expanduser()
@@ -490,7 +490,7 @@ def _renders_tools(processor) -> bool:
     ``configs/tools/crop_zoom.yaml`` must come out with the tool's name and the hermes ``<tool_call>`` instructions."""
     from omegaconf import OmegaConf
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     tools = OmegaConf.to_container(OmegaConf.load(config_path("tools", "crop_zoom.yaml")), resolve=True)["tools"]
     schema = tools[0]["tool_schema"]

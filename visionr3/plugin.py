@@ -23,7 +23,7 @@ torch, ray, omegaconf and transformers — have been imported). So it must not i
 2. **Qwen-VL processors without torchvision** — :func:`visionr3.processing.prepare_runtime`, through
    :func:`visionr3.transformers_hook.install` (immediately, since verl has imported transformers; right after
    transformers is imported otherwise). A no-op where torchvision works; ~0.3 s where it installs its stand-ins.
-3. **OmegaConf resolvers** — :func:`visionr3.configs.register_resolvers` (``${visionr3.config:...}``,
+3. **OmegaConf resolvers** — :func:`visionr3.config.register_resolvers` (``${visionr3.config:...}``,
    ``${visionr3.template:...}``), needed wherever a config is resolved. Cheap.
 4. **Registrations with verl's registries** — deferred, by :data:`DEFERRED_IMPORTS`, to the moment verl imports the
    package that holds the registry (after that package's ``__init__`` has finished, so there is no import cycle).
@@ -73,7 +73,7 @@ def load() -> None:
 
     prepare_processing_runtime()
 
-    from visionr3.configs import register_resolvers
+    from visionr3.config import register_resolvers
 
     register_resolvers()
 

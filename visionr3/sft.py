@@ -128,7 +128,7 @@ def format_summary(summary: dict) -> str:
 def main(argv: list[str]) -> int:
     """Hydra's command line (``--config-name``, overrides) for one rank; sets up a one-process world if needed."""
     import visionr3.plugin  # noqa: F401  (CPU platform, processor runtime and resolvers in this process too)
-    from visionr3.configs import config_path, run_hydra
+    from visionr3.config import config_path, run_hydra
 
     if "RANK" not in os.environ:  # not started by torchrun: a world of one process
         os.environ.update(single_process_env())

@@ -64,12 +64,12 @@ def main(argv: list[str]) -> int:
     ``--config-name cpu`` then picks the recipe's CPU variant; Hydra's own ``--config-path`` still wins if given.
     """
     import visionr3.plugin  # noqa: F401  (resolvers and registrations in this process too)
-    from visionr3.configs import config_path, run_hydra
+    from visionr3.config import config_path, run_hydra
 
     recipe, argv = recipe_arguments(argv)
     directory, default_name = config_path(), "visionr3_trainer"
     if recipe is not None:
-        from visionr3.recipes import RECIPE_SEARCHPATH, recipe_dir
+        from visionr3.config import RECIPE_SEARCHPATH, recipe_dir
 
         try:
             directory, default_name = recipe_dir(recipe), "config"

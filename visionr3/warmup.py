@@ -167,7 +167,7 @@ def agent_loop_entry(name: str) -> dict[str, Any]:
     """The entry ``name`` of configs/agent_loop.yaml (what the recipe's loop is built with)."""
     import yaml
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     entries = yaml.safe_load(config_path("agent_loop.yaml").read_text())
     (entry,) = [e for e in entries if e["name"] == name]
@@ -283,7 +283,7 @@ def supervised_warmup(
     from transformers import AutoModelForImageTextToText
     from verl.tools.tool_registry import initialize_tools_from_config
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
     from visionr3.processing import load_processor
 
     rng = random.Random(seed)

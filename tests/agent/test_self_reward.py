@@ -7,7 +7,7 @@ the agent loop builds (text-only prompt from the policy's own description) and s
 import pytest
 
 from visionr3.agent.loop import SELF_REWARD_PROMPT, description_status, mask_runs, question_text
-from visionr3.configs import config_path
+from visionr3.config import config_path
 from visionr3.processing import load_tokenizer
 from visionr3.testing.agent_harness import compose_verl_config, dataset_row, run_agent_loop_worker
 from visionr3.testing.conversations import marked_canvas

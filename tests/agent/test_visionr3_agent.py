@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionr3.configs import config_path
+from visionr3.config import config_path
 from visionr3.processing import fetch_image, load_processor, load_tokenizer
 from visionr3.reward.score import compute_score
 from visionr3.testing.agent_harness import compose_verl_config, dataset_row, run_agent_loop_worker

@@ -505,7 +505,7 @@ def test_visionthink_smart_row_first_view_is_the_target_and_resize_renders_twice
     """prepare -> parquet -> verl's dataset -> verl's AgentLoopWorker with visionr3_visionthink and the resize tool."""
     import torch
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
     from visionr3.processing import load_processor, load_tokenizer
     from visionr3.testing.agent_harness import compose_verl_config, run_agent_loop_worker
     from visionr3.testing.scripted_server import ScriptedServer

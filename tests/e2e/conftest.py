@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 
 from visionr3.data.synthetic import write_parquet
-from visionr3.recipes import RECIPES
+from visionr3.config import RECIPES
 from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
 
@@ -289,7 +289,7 @@ class BatchImageOracle:
     def __init__(self, model_dir: Path):
         from omegaconf import OmegaConf
 
-        from visionr3.configs import config_path
+        from visionr3.config import config_path
         from visionr3.processing import load_processor
 
         self.processor = load_processor(model_dir)
@@ -302,7 +302,7 @@ class BatchImageOracle:
         from PIL import Image
         from verl.tools.tool_registry import initialize_tools_from_config
 
-        from visionr3.configs import config_path
+        from visionr3.config import config_path
         from visionr3.platform.hf_rollout import tensor_digest
         from visionr3.processing import fetch_image, seen_size
         from visionr3.tools.geometry import downsampled_size

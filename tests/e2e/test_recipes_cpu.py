@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from visionr3.recipes import RECIPES
+from visionr3.config import RECIPES
 
 # reward components each recipe's formula reports (visionr3/reward/formulas.py), logged per step by visionr3_sync
 COMPONENTS = {
@@ -51,7 +51,7 @@ def finished(e2e_runs):
 
 
 def agent_loop(name: str) -> dict:
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     (entry,) = [e for e in OmegaConf.to_container(OmegaConf.load(config_path("agent_loop.yaml"))) if e["name"] == name]
     return entry
@@ -126,7 +126,7 @@ def apply_ratio_penalty(rows: list[dict], theta: float, penalty: float) -> list[
 def test_visionthink_resizes_from_the_low_resolution_view_and_shapes_the_scores(finished, batch_image_oracle):
     """Relies on the VisionThink warm-up: it asks ``resize_image`` for the full image (31 of 32 sampled first turns),
     then answers."""
-    from visionr3.recipes import recipe_dir
+    from visionr3.config import recipe_dir
 
     step, rows, directory = finished("visionthink")
     assert step["visionr3/tool_call_rate"] > 0, "the warmed-up policy did not call resize_image"

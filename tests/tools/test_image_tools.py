@@ -160,7 +160,7 @@ def test_resize_rejects_other_actions():
 def test_tool_yamls_load_through_verl(tmp_path):
     from verl.tools.tool_registry import initialize_tools_from_config
 
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     for name, cls in [("crop_zoom.yaml", CropZoomTool), ("crop_zoom_qwen3.yaml", CropZoomTool), ("resize.yaml", ResizeTool)]:
         tools = initialize_tools_from_config(str(config_path("tools", name)))

@@ -48,7 +48,7 @@ from verl.tools.schemas import ToolResponse
 
 from visionr3.agent import parsers  # noqa: F401  (registers visionr3_hermes and bbox_json with verl's ToolParser)
 from visionr3.agent.parsers import MALFORMED_CALL
-from visionr3.configs import plain
+from visionr3.config import plain
 from visionr3.processing import image_items, seen_size
 from visionr3.reward.extract import description as extract_description
 from visionr3.tools.geometry import downsampled_size

@@ -86,8 +86,8 @@ class EvalSettings:
 
 def compose_recipe(settings: EvalSettings):
     """The recipe's trainer config with the model, the protocol's lengths, budgets and sampling applied."""
-    from visionr3.recipes import RECIPE_SEARCHPATH, recipe_dir
-    from visionr3.configs import compose
+    from visionr3.config import RECIPE_SEARCHPATH, recipe_dir
+    from visionr3.config import compose
 
     p = settings.protocol
     overrides = [
@@ -134,7 +134,7 @@ def resolve_protocol(config: Any, settings: EvalSettings) -> tuple[EvalProtocol,
     Returns the resolved protocol and the config (modified in place: it points at the copies)."""
     from omegaconf import OmegaConf, open_dict
 
-    from visionr3.configs import register_resolvers
+    from visionr3.config import register_resolvers
 
     register_resolvers()
     p = settings.protocol

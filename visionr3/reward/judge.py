@@ -72,7 +72,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from visionr3.configs import plain
+from visionr3.config import plain
 
 logger = logging.getLogger(__name__)
 

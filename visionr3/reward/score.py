@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from visionr3.configs import plain
+from visionr3.config import plain
 from visionr3.reward.formulas import get_recipe
 from visionr3.reward.rules import ECHOED_TOOL_METRICS
 from visionr3.reward.types import RewardInput, RewardScore

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 
-from visionr3.configs import compose  # noqa: F401  (re-exported for the tests)
+from visionr3.config import compose  # noqa: F401  (re-exported for the tests)
 
 
 def validate(config):

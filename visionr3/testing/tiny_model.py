@@ -91,7 +91,7 @@ _SPECS = {
 
 
 def _template_path(arch: str) -> Path:
-    from visionr3.configs import config_path
+    from visionr3.config import config_path
 
     return config_path("chat_templates", _SPECS[arch]["template"])
 

@@ -1,0 +1,105 @@
+"""Where visionr3's YAML lives and how it is composed: ``configs/`` (Hydra configs, tool and agent-loop YAMLs, chat
+templates) and ``recipes/`` (one folder per paper).
+
+Both folders stay at the top of the repository, where users read and edit them, and ship inside the wheel as the
+data-only packages ``visionr3.configs`` and ``visionr3.recipes`` (pyproject.toml), so ``pkg://visionr3.configs``,
+:func:`config_path` and :func:`recipe_dir` work from any install: a Ray job's working directory, the docker image, a
+cluster node. The code that reads them lives here, inside the package; the folders hold YAML only.
+"""
+
+from importlib.resources import files
+from pathlib import Path
+
+
+def config_path(*parts: str) -> Path:
+    """Absolute path of a file under configs/, e.g. ``config_path("chat_templates", "qwen2_5_vl_tool.jinja")``."""
+    path = Path(str(files("visionr3.configs").joinpath(*parts)))
+    if not path.exists():
+        raise FileNotFoundError(f"visionr3 config file not found: {path}")
+    return path
+
+
+def plain(value):
+    """An OmegaConf container as plain, resolved dicts/lists; anything else unchanged.
+
+    Config blocks reach our code as ``DictConfig`` (Hydra, ``hydra.utils.instantiate``, verl's ``reward_kwargs``) or as
+    plain dicts (tests, direct calls). Never imports omegaconf: a value can only be a container if it is loaded.
+    """
+    import sys
+
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
+        return omegaconf.OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers for our YAMLs (idempotent); :mod:`visionr3.plugin` calls it in every verl process.
+
+    - ``${visionr3.config:tools/crop_zoom.yaml}`` -> the absolute path of that file under configs/. verl resolves tool
+      and agent-loop paths against the working directory, so configs that name our files must not depend on where a
+      job is started (a Ray worker, a cluster node, an installed wheel).
+    - ``${visionr3.template:qwen2_5_vl_tool.jinja}`` -> the text of a chat template under configs/chat_templates/, for
+      ``actor_rollout_ref.model.custom_chat_template`` (which takes the template itself, not a path).
+    """
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("visionr3.config"):
+        OmegaConf.register_new_resolver("visionr3.config", lambda relative: str(config_path(*str(relative).split("/"))))
+    if not OmegaConf.has_resolver("visionr3.template"):
+        OmegaConf.register_new_resolver(
+            "visionr3.template", lambda name: config_path("chat_templates", str(name)).read_text(encoding="utf-8")
+        )
+
+
+def compose(config_dir, name: str, overrides=()):
+    """Hydra's compose of ``<config_dir>/<name>.yaml`` with ``overrides``, leaving no global Hydra state behind
+    (``visionr3 eval`` composes a recipe this way; so do the config tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def run_hydra(prog: str, config_dir, config_name: str, argv: list[str], task) -> None:
+    """Run ``task(config)`` under ``@hydra.main`` with ``argv`` as Hydra's command line (overrides, ``--cfg job``, ...).
+
+    ``visionr3 train`` and ``visionr3 sft`` are Hydra apps behind our own CLI: Hydra reads ``sys.argv``, so it is
+    swapped for the duration of the call and restored after, whatever happens.
+    """
+    import sys
+
+    import hydra
+
+    @hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)
+    def _entry(config) -> None:
+        task(config)
+
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        _entry()
+    finally:
+        sys.argv = saved
+
+
+RECIPE_SEARCHPATH = "hydra.searchpath=[pkg://verl.trainer.config,pkg://visionr3.configs]"
+"""Where a recipe's defaults (verl's ``ppo_trainer``, our ``visionr3_base``, ``cluster/``, ``judge/``) are found.
+
+A recipe's ``cpu.yaml`` composes its ``config.yaml``, and Hydra only reads ``hydra.searchpath`` from the primary
+config, so the recipes do not set it: ``visionr3 train --recipe`` passes this override, and so must anyone running a
+recipe through verl's own entry point (``python -m verl.trainer.main_ppo --config-path recipes/zoom --config-name
+config '<this>'``)."""
+
+RECIPES = ("visionthink", "vlm_r3", "vision_sr1", "zoom")
+"""The recipes, by folder name (``visionr3 train --recipe <name>``)."""
+
+
+def recipe_dir(name: str) -> Path:
+    """The folder of recipe ``name``; a clear error lists the recipes when it does not exist."""
+    path = Path(str(files("visionr3.recipes").joinpath(name)))
+    if name not in RECIPES or not (path / "config.yaml").exists():
+        raise ValueError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}")
+    return path
