@@ -5,7 +5,7 @@ display copy, as the evaluator stores a downscaled question image: the boxes are
 the right place proves the viewBox convention. Chromium (Debian's package, headless, no network) loads the report
 from a file: a screenshot must show the pure-red box strokes, and the page's own filters must hide cards.
 
-To refresh the README screenshot from this fixture:
+To refresh the screenshot in docs/eval-and-viewer.md from this fixture:
     VISIONR3_VIEWER_SCREENSHOT=docs/viewer.png .venv/bin/python -m pytest tests/eval/test_view.py -k screenshot
 """
 

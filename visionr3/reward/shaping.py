@@ -26,7 +26,7 @@ its registered trainer mode (:mod:`visionr3.trainer`), where all ``n`` rollouts 
 
 - **Zero-variance groups** (:func:`zero_variance_groups`): groups whose rewards are all equal (std < 1e-4, as in
   VisionThink) carry no GRPO signal. GRPO already gives them advantage 0; dropping and *refilling* them (DAPO) is
-  verl's own ``algorithm.filter_groups`` (see README), this function only measures them.
+  verl's own ``algorithm.filter_groups`` (see docs/rewards-and-judges.md), this function only measures them.
 
 Every function takes plain arrays and returns new ones; nothing here knows about verl or Ray.
 """
