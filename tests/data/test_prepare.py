@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from visionr3.cli import main
-from visionr3.data import formats
-from visionr3.data.formats import RowError
+from visionr3.data import converters, prompts
 from visionr3.data.prepare import FORMATS, benchmark_name
+from visionr3.data.rows import RowError
 
 COLOURS = ["red", "blue", "green", "yellow"]
 
@@ -360,7 +360,7 @@ def test_multiple_choice_rows_keep_what_evaluation_needs(tmp_path):
     assert (first["category"], first["type"], first["source_dataset"]) == ("Count", "2D", "ADE20K")
     assert first["benchmark"] == "cvbench"
     assert first["question_stem"] == "How many organs are in the image?"
-    assert first["question"] == formats.mc_question(first["question_stem"], first["options"])
+    assert first["question"] == prompts.mc_question(first["question_stem"], first["options"])
     assert first["prompt_style"] == "zoom"
     assert second["options"] == ["the chair", "the table"]
     assert second["question_stem"] == "Which is closer to the camera?"
@@ -431,7 +431,7 @@ def test_agent_name_picks_its_prompt_style_and_options_override(tmp_path):
     row = read_rows(tmp_path / "out.parquet")[0]
     assert row["agent_name"] == "visionr3_vlm_r3" and row["extra_info"]["prompt_style"] == "vlm_r3"
     assert row["prompt"][0]["content"].startswith("<image>What is the colour of the cup?\nA. red")
-    assert row["prompt"][0]["content"].endswith(formats.VLM_R3_PROMPT)
+    assert row["prompt"][0]["content"].endswith(prompts.VLM_R3_PROMPT)
     source, out = tmp_path / "vstar_bench/test_questions.jsonl", tmp_path / "b.parquet"
     code = main(["prepare", "vstar", str(source), "--out", str(out), "--prompt-style", "visionthink_general",
                  "--agent-name", "my_loop", "--data-source", "vstar_val", "--limit", "1"])
@@ -439,7 +439,7 @@ def test_agent_name_picks_its_prompt_style_and_options_override(tmp_path):
     (row,) = read_rows(tmp_path / "b.parquet")
     assert (row["agent_name"], row["data_source"]) == ("my_loop", "vstar_val")
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
-    assert row["prompt"][0]["content"] == formats.VISIONTHINK_GENERAL_SYSTEM_PROMPT
+    assert row["prompt"][0]["content"] == prompts.VISIONTHINK_GENERAL_SYSTEM_PROMPT
 
 
 def test_sft_formats_of_the_cold_start_are_registered(tmp_path, capsys):
@@ -712,7 +712,7 @@ def test_nothing_written_and_bad_command_lines(tmp_path, capsys):
     [("B", "B"), ("b", "B"), ("(B)", "B"), ("(c)", "C"), (" D. ", "D"), ("A", "A")],
 )
 def test_answer_letter(value, expected):
-    assert formats.answer_letter(value, 4, "label") == expected
+    assert converters.answer_letter(value, 4, "label") == expected
 
 
 @pytest.mark.parametrize(
@@ -720,18 +720,18 @@ def test_answer_letter(value, expected):
 )
 def test_answer_letter_rejects(value, error):
     with pytest.raises(RowError, match=error):
-        formats.answer_letter(value, 4, "label")
+        converters.answer_letter(value, 4, "label")
 
 
 def test_option_parsers():
     text = "What is it?\nSecond line.\n(A) a cat\n(B)  a dog \n"
     text += "Answer with the option's letter from the given choices directly."
-    assert formats.split_option_lines(text, "text") == ("What is it?\nSecond line.", ["a cat", "a dog"])
-    assert formats.split_inline_options("(a) Towards the camera (b) Away from the camera", "Options") == [
+    assert converters.split_option_lines(text, "text") == ("What is it?\nSecond line.", ["a cat", "a dog"])
+    assert converters.split_inline_options("(a) Towards the camera (b) Away from the camera", "Options") == [
         "Towards the camera", "Away from the camera"]
     for bad in ["(A) only one", "no options here", "(A) x\n(B) "]:
         with pytest.raises(RowError) as info:
-            formats.split_option_lines("Q?\n" + bad if bad.startswith("(") else bad, "text")
+            converters.split_option_lines("Q?\n" + bad if bad.startswith("(") else bad, "text")
         assert info.value.field == "text" and info.value.kind in ("bad options",)
 
 
@@ -743,9 +743,9 @@ def test_option_parsers():
     ],
 )
 def test_answer_normalisation(value, expected):
-    assert formats.answer({"a": value}, "a") == expected
+    assert converters.answer({"a": value}, "a") == expected
 
 
 def test_mc_prompt_is_the_documented_form():
     expected = "Which?\nA. x\nB. y\nAnswer with the option's letter from the given choices."
-    assert formats.mc_prompt(" Which? ", ["x", "y"]) == expected
+    assert prompts.mc_prompt(" Which? ", ["x", "y"]) == expected

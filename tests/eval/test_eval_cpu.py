@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from visionr3.agent.parsers import MALFORMED_CALL
-from visionr3.data.formats import LETTERS
+from visionr3.data.rows import LETTERS
 from visionr3.data.synthetic import DATA_SOURCE
 from visionr3.eval.protocol import EvalProtocol, option_order
 from visionr3.eval.records import read_records

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from visionr3.data.formats import STYLES, mc_prompt
+from visionr3.data.prompts import STYLES, mc_prompt
 from visionr3.eval.protocol import EvalProtocol, option_order, shuffle_row
 
 OPTIONS = ["red", "green", "blue", "yellow"]

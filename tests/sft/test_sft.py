@@ -19,7 +19,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from visionr3.data.formats import VLM_R3_PROMPT, Context, RowError, STYLES
+from visionr3.data.converters import Context
+from visionr3.data.prompts import STYLES, VLM_R3_PROMPT
+from visionr3.data.rows import RowError
 from visionr3.data.sft_rows import chat_row, sr1_coldstart, vlir, write_sft_parquet
 
 REPO = Path(__file__).resolve().parents[2]

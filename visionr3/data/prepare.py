@@ -1,11 +1,11 @@
 """Convert a public dataset format into the verl parquet rows visionr3's agent loops and rewards read.
 
 ``visionr3 prepare <format> <source> --out rows.parquet [options]``. The rows
-(:class:`visionr3.data.synthetic.VisionRow`) carry ``prompt`` (chat messages with ``<image>`` placeholders),
+(:class:`visionr3.data.rows.VisionRow`) carry ``prompt`` (chat messages with ``<image>`` placeholders),
 ``images`` (bytes, so the file is self-contained for Ray jobs, or checked paths with ``--keep-paths``),
 ``reward_model.ground_truth``, ``data_source``, ``agent_name`` and ``extra_info`` (question, ids, and for evaluation
-sets the options, letter and category). The converters, one per format, and the prompt each format gets are in
-:mod:`visionr3.data.formats`.
+sets the options, letter and category). The converters, one per format, are in :mod:`visionr3.data.converters`;
+the prompt each format gets is in :mod:`visionr3.data.prompts`.
 
     visionr3 prepare visionthink_smart VisionThink-Smart-Train/ --out train.parquet
     visionr3 prepare vlm_r3 vlm_r3_rl.json --image-root images/ --out train.parquet
@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionr3.data import formats
-from visionr3.data.formats import STYLES, Context, RowError
+from visionr3.data import converters
+from visionr3.data.converters import Context
+from visionr3.data.prompts import STYLES, PromptStyle
+from visionr3.data.rows import RowError, validate_row
 
 
 @dataclass(frozen=True)
@@ -64,35 +66,37 @@ def _sft_converter(name: str) -> Callable[[Mapping[str, Any], int, Context], Any
 
 FORMATS: dict[str, Format] = {
     "visionthink_general": Format(
-        formats.visionthink_general, "visionthink",
+        converters.visionthink_general, "visionthink",
         "load_from_disk folder (or parquet) of VisionThink's General set", ("doc_id",),
     ),
     "visionthink_smart": Format(
-        formats.visionthink_smart, "visionthink",
+        converters.visionthink_smart, "visionthink",
         "load_from_disk folder (or parquet) of VisionThink's Smart set (info.tgt_width/tgt_height/use_tool)",
         ("doc_id",), resized_images=True,
     ),
-    "vlm_r3": Format(formats.vlm_r3, "vlm_r3", "VLM-R3 RL json/jsonl {image_path, question, answer, source}"),
+    "vlm_r3": Format(converters.vlm_r3, "vlm_r3", "VLM-R3 RL json/jsonl {image_path, question, answer, source}"),
     "vision_sr1": Format(
-        formats.vision_sr1, "vision_sr1",
+        converters.vision_sr1, "vision_sr1",
         "Vision-SR1-47K / mmstar: parquet, folder of shards or load_from_disk folder {images, problem, answer}",
         ("id",),
     ),
     "deepeyes": Format(
-        formats.deepeyes, "zoom", "DeepEyes verl parquet (file or folder of shards)", ("extra_info.index",)
+        converters.deepeyes, "zoom", "DeepEyes verl parquet (file or folder of shards)", ("extra_info.index",)
     ),
     "vstar": Format(
-        formats.vstar, "zoom", "V* Bench test_questions.jsonl {image, text, label, category}", ("question_id",)
+        converters.vstar, "zoom", "V* Bench test_questions.jsonl {image, text, label, category}", ("question_id",)
     ),
-    "mmvp": Format(formats.mmvp, "zoom", "MMVP Questions.csv {Index, Question, Options, Correct Answer}", ("Index",)),
+    "mmvp": Format(
+        converters.mmvp, "zoom", "MMVP Questions.csv {Index, Question, Options, Correct Answer}", ("Index",)
+    ),
     "cvbench": Format(
-        formats.cvbench, "zoom", "CV-Bench test_2d.jsonl / test_3d.jsonl {prompt, filename, answer}", ("idx",)
+        converters.cvbench, "zoom", "CV-Bench test_2d.jsonl / test_3d.jsonl {prompt, filename, answer}", ("idx",)
     ),
     "hrbench": Format(
-        formats.hrbench, "zoom", "HR-Bench hr_bench_4k.tsv / hr_bench_8k.tsv (base64 images)", ("index",)
+        converters.hrbench, "zoom", "HR-Bench hr_bench_4k.tsv / hr_bench_8k.tsv (base64 images)", ("index",)
     ),
     "mme_realworld": Format(
-        formats.mme_realworld, "zoom",
+        converters.mme_realworld, "zoom",
         "MME-RealWorld(-CN).json {Question_id, Image, Text, ...} or lmms-eval's parquet",
         ("Question_id", "index"),
     ),
@@ -197,7 +201,7 @@ class Summary:
         return text
 
 
-def resolve_style(format_name: str, prompt_style: str | None, agent_name: str | None) -> formats.PromptStyle:
+def resolve_style(format_name: str, prompt_style: str | None, agent_name: str | None) -> PromptStyle:
     """``--prompt-style``, else the style written for ``--agent-name`` (so ``--agent-name visionr3_vlm_r3`` on V*
     gets VLM-R3's prompt), else the format's own."""
     if prompt_style:
@@ -274,7 +278,7 @@ def prepare(
                 raise RowError(record.field, record.message, "unreadable record")
             row = spec.convert(record, index, ctx)
             if not spec.sft:
-                formats.validate_row(row)
+                validate_row(row)
             return index, record_id, row
         except RowError as exc:
             return index, record_id, exc
@@ -324,7 +328,7 @@ def _record_id(spec: Format, format_name: str, record: Any) -> str | None:
         return None
     for name in spec.id_fields:
         try:
-            value = formats.optional_text(record, name)
+            value = converters.optional_text(record, name)
         except RowError:
             continue
         if value:

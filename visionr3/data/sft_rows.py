@@ -12,9 +12,9 @@ The row (:class:`SFTRow`, read by :class:`visionr3.data.sft_dataset.VisionSFTDat
 - ``tools``: a JSON list of OpenAI tool schemas, or ``""``. JSON, because schemas differ in shape from tool to tool
   and a parquet struct column would null-pad them into a different schema per file.
 
-Converters, with :mod:`visionr3.data.formats`' signature ``(record, index, ctx) -> row`` so ``visionr3 prepare``
-runs them like its RL converters (images read, decoded and checked by :func:`visionr3.data.formats.image_entry`;
-errors are :class:`~visionr3.data.formats.RowError` naming the field):
+Converters, with :mod:`visionr3.data.converters`' signature ``(record, index, ctx) -> row`` so ``visionr3 prepare``
+runs them like its RL converters (images read, decoded and checked by :func:`visionr3.data.converters.image_entry`;
+errors are :class:`~visionr3.data.rows.RowError` naming the field):
 
 - :func:`vlir` — VLM-R3's VLIR SFT set ``{image_path, question, response_list, img_crop_list}`` (papers.md §2.4;
   ``qwen_vl_finetune/qwenvl/data/data_qwen.py``): user = the image, then the question and VLM-R3's crop-tool
@@ -37,7 +37,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
-from visionr3.data.formats import IMAGE, VLM_R3_PROMPT, Context, RowError, field, image_entry, text
+from visionr3.data.converters import Context, field, image_entry, text
+from visionr3.data.prompts import VLM_R3_PROMPT
+from visionr3.data.rows import IMAGE, RowError
 from visionr3.data.synthetic import png_bytes
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -2,8 +2,8 @@
 
 Used by the CPU demo and the end-to-end tests. Each image is a plain canvas with one small coloured square at a random
 position; the question asks for its colour, so the ground truth is known exactly and a crop around the square makes
-the answer obvious. Rows follow verl's RLHF parquet schema (see :class:`VisionRow`) and select ``visionr3_agent``.
-Deterministic for a given seed.
+the answer obvious. Rows follow verl's RLHF parquet schema (see :class:`~visionr3.data.rows.VisionRow`) and select
+``visionr3_agent``. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -12,36 +12,16 @@ import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
 
 from PIL import Image, ImageDraw
+
+from visionr3.data.prompts import SR1_FORMAT
+from visionr3.data.rows import VisionRow
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 20)}
 QUESTION = "What colour is the small square? Zoom in if you need to, then answer with one word inside <answer></answer>."
 DATA_SOURCE = "visionr3/synthetic_marks"
 SR1_QUESTION = "What colour is the small square?"
-SR1_FORMAT = (
-    " You are tasked with analyzing an image/video to generate a detailed description to help you answer the question. "
-    "First analyze the image/video and produce a self-contained description\u2014detailed enough that can lead to the "
-    "correct answer. Wrap the entire description in <description> </description> tags.\\n Next, engage in an internal "
-    "dialogue and include self-reflection or verification in your reasoning process. Provide your detailed, "
-    "step-by-step reasoning based on the image/video description information and image/video, and enclose this part "
-    "within <think> </think> tags.\\n Finally, provide a single word or phrase answer to the question in \\boxed{}."
-    "\\nThe output format should be: <description> image/video description here </description> <think> reasoning "
-    "process here </think> \\boxed{FINAL ANSWER here}."
-)
-"""Vision-SR1's ``see_think_format.jinja`` suffix (papers.md §3.1; its ``\\n`` are literal backslash-n, as there)."""
-
-
-class VisionRow(TypedDict):
-    """One verl RLHF row as visionr3 writes it (``RLHFDataset`` reads these columns)."""
-
-    data_source: str
-    agent_name: str
-    prompt: list[dict[str, str]]  # chat messages; the user content holds one "<image>" per image
-    images: list[dict[str, Any]]  # HF datasets image dicts: {"bytes": PNG bytes, "path": None}
-    reward_model: dict[str, str]  # {"style": "rule", "ground_truth": answer}
-    extra_info: dict[str, Any]  # index, question, and the square's box in source pixels
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ with — and lmms-eval scores the text this class returns. No lmms-eval file is 
 plug-in models from the ``lmms_eval.models`` entry-point group, where ``pyproject.toml`` registers :func:`manifest`.
 
 **A request becomes an evaluation row.** The task's context (its question, options and post-prompt, as the task
-wrote them) is the question text; the recipe's prompt style (``visionr3.data.formats.STYLES``, the one training used)
+wrote them) is the question text; the recipe's prompt style (``visionr3.data.prompts.STYLES``, the one training used)
 wraps it and puts one ``<image>`` per visual in front, unless the context already holds exactly as many ``<image>``
 markers as there are visuals (then they stay where the task put them; a different count is dropped). The images are
 the task's ``doc_to_visual(doc)`` at full resolution; the loop's own budgets resize them. Options are never
@@ -83,10 +83,11 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from loguru import logger
 from PIL import Image
 
+from visionr3.data.rows import IMAGE
+
 MODEL_ID = "visionr3"
 RETURN_MODES = ("answer", "response")
 DEFAULT_BATCH_SIZE = 16  # trajectories in flight for `--batch_size auto`
-IMAGE = "<image>"
 
 
 def manifest():
@@ -251,7 +252,7 @@ class VisionR3(lmms):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        from visionr3.data.formats import STYLES
+        from visionr3.data.prompts import STYLES
         from visionr3.eval.protocol import EvalProtocol
         from visionr3.eval.runner import RECIPE_STYLES
 

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from visionr3.data.formats import LETTERS, STYLES, mc_prompt, mc_question
+from visionr3.data.prompts import STYLES, mc_prompt, mc_question
+from visionr3.data.rows import IMAGE, LETTERS
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def shuffle_row(
     shown = [options[i] for i in order]
     letter = LETTERS[order.index(gold)]
     style = STYLES[str(info["prompt_style"])]
-    num_images = sum(str(m.get("content", "")).count("<image>") for m in prompt) or 1
+    num_images = sum(str(m.get("content", "")).count(IMAGE) for m in prompt) or 1
     messages = style.messages(mc_prompt(str(info["question_stem"]), shown), num_images)
     systems = [dict(m) for m in prompt if m.get("role") == "system"]
     if systems and not any(m.get("role") == "system" for m in messages):

@@ -39,7 +39,7 @@ from visionr3.eval.records import RecordWriter, SampleRecord, ToolCall, Turn, re
 
 logger = logging.getLogger(__name__)
 
-# recipe -> the prompt style (visionr3.data.formats.STYLES) its multiple-choice questions are asked in
+# recipe -> the prompt style (visionr3.data.prompts.STYLES) its multiple-choice questions are asked in
 RECIPE_STYLES = {"zoom": "zoom", "vlm_r3": "vlm_r3", "visionthink": "visionthink", "vision_sr1": "vision_sr1"}
 
 DISPLAY_MAX_SIDE = 1024  # saved display copies of images (boxes stay in source pixels)

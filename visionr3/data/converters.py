@@ -1,46 +1,16 @@
 """Converters from the papers' public dataset formats to visionr3's verl rows: one function per format.
 
 Each converter takes one source record (a dict, as the reader in :mod:`visionr3.data.prepare` yields it), its row
-index and a :class:`Context`, and returns a :class:`~visionr3.data.synthetic.VisionRow` — or raises
-:class:`RowError` naming the source field that is wrong. They share no state, so ``visionr3 prepare`` runs them on a
-thread pool; the only I/O is reading and decoding the row's images (so a bad image fails here, with its row, and
-not hours later inside a Ray worker, where verl's prompt-length filter would silently drop the row).
+index and a :class:`Context`, and returns a :class:`~visionr3.data.rows.VisionRow` — or raises
+:class:`~visionr3.data.rows.RowError` naming the source field that is wrong. They share no state, so
+``visionr3 prepare`` runs them on a thread pool; the only I/O is reading and decoding the row's images (so a bad image
+fails here, with its row, and not hours later inside a Ray worker, where verl's prompt-length filter would silently
+drop the row). The prompt each row gets is its :class:`~visionr3.data.prompts.PromptStyle`'s
+(:mod:`visionr3.data.prompts`); what a row holds, images and multiple-choice ``extra_info`` included, is
+:mod:`visionr3.data.rows`.
 
-**Prompts.** A row's prompt is built by a :class:`PromptStyle`, which also names the agent loop it is written for:
-
-============================ ======================== ===============================================================
-style                        agent loop               user turn (``{q}``: the question, ``<image>`` where it goes)
-============================ ======================== ===============================================================
-``zoom`` (DeepEyes)          ``visionr3_agent``       ``<image>\\n{q}`` + DeepEyes' ``USER_PROMPT_V2``
-``vlm_r3``                   ``visionr3_vlm_r3``      ``<image>{q}`` + VLM-R3's crop-tool instruction
-``visionthink``              ``visionr3_visionthink`` VisionThink's ``tool_agent`` template around ``<image>\\n{q}``
-``visionthink_general``      ``single_turn_agent``    system: ``GENERAL_QA_SYSTEM_PROMPT``; user: ``<image>\\n{q}``
-``vision_sr1``               ``visionr3_vision_sr1``  ``{q}<image>`` + Vision-SR1's description/think/boxed format
-============================ ======================== ===============================================================
-
-A question that already holds ``<image>`` placeholders (VisionThink's and Vision-SR1's ``problem``) keeps them where
-they are; their number must equal the row's image count. No system prompt is written for the tool styles: the chat
-template renders the tool block from the job's tool YAML (papers.md §1.1, §4.1 — the papers' system prompts are that
-block).
-
-**Multiple choice** (V*, MMVP, CV-Bench, HR-Bench, MME-RealWorld). Options are kept in their source order —
-evaluation shuffles them with a fixed seed, never this step — and the question the model reads is :func:`mc_prompt`::
-
-    {question}
-    A. {first option}
-    B. {second option}
-    Answer with the option's letter from the given choices.
-
-The ground truth is the option letter; ``extra_info.options`` holds the option texts in letter order, which is what
-:func:`visionr3.reward.grade.grade` needs to accept either the letter or the option's text. ``extra_info`` keeps
-everything an evaluator needs to re-shuffle and re-prompt (:class:`MultipleChoiceInfo`): rebuild the text with
-:func:`mc_question`/:func:`mc_prompt` on the permuted options and the prompt with ``STYLES[info["prompt_style"]]``.
-
-**Images** are stored as bytes (``{"bytes": ..., "path": None}``, the Hugging Face image dict), so a parquet file is
-self-contained for Ray jobs, or as a checked absolute path (``{"image": "/abs/x.jpg"}``, ``--keep-paths``). The prompt
-image is always the full-resolution source, so tools never need ``create_kwargs.image``. VisionThink's Smart rows
-carry their target size as ``resized_width``/``resized_height`` = 2 × ``(tgt_width, tgt_height)`` on the image dict
-(see :func:`visionthink_smart`).
+The field readers (:func:`field`, :func:`text`, :func:`answer`, :func:`image_entry`, ...) are shared with the SFT
+converters (:mod:`visionr3.data.sft_rows`).
 """
 
 from __future__ import annotations
@@ -51,114 +21,18 @@ import io
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from PIL import Image
 
-from visionr3.data.synthetic import SR1_FORMAT, VisionRow
+from visionr3.data.prompts import PromptStyle, mc_prompt, mc_question
+from visionr3.data.rows import IMAGE, LETTERS, MultipleChoiceInfo, RowError, VisionRow
 from visionr3.tools.geometry import MAX_ASPECT_RATIO  # Qwen's smart_resize rejects longer images
 
-# --- the papers' prompt texts (papers.md) ------------------------------------------------------------------------
-
-VISIONTHINK_TOOL_PROMPT = (
-    "Answer the question based on the image provided. You must conduct reasoning within <think> and </think> first "
-    "in each of your reasoning steps. You may call ONE function tool per step to help you better solve the problem. "
-    "Place the function tool within <tool_call> and </tool_call> at the end of each step to perform a function call. "
-    "You should continue your reasoning process based on the content returned by the function tool. Once you confirm "
-    "your final answer, place the final answer inside <answer> and </answer>. For mathematical or multiple-choice "
-    "problem, wrap the answer value or choice with \\boxed{}. Here is the image and question:\n{Question}"
-)
-"""VisionThink's ``prompt_template_dict["tool_agent"]`` (papers.md §1.1); ``{Question}`` is ``problem``."""
-
-VISIONTHINK_GENERAL_SYSTEM_PROMPT = (
-    "You FIRST think about the reasoning process as an internal monologue and then provide the final answer.\n"
-    "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put within "
-    "<answer> </answer> tags. For mathematical or multiple-choice problem, wrap the answer value or choice with "
-    "\\boxed{}."
-)
-"""VisionThink's ``GENERAL_QA_SYSTEM_PROMPT`` (the no-tool general track, papers.md §1.1)."""
-
-VLM_R3_PROMPT = (
-    "\nYou need to first think about the reasoning process in your mind, and then provide the answer. When thinking, "
-    'you should call the "crop" tool (format: {"bbox_2d": [x1, y1, x2, y2]}) to focus on the key areas in the '
-    "image. The reasoning process and the answer are included in the <think> </think> and <answer> </answer> tags "
-    "respectively."
-)
-"""VLM-R3's suffix to the question (``AgentVLMVLLM``, papers.md §2.1)."""
-
-DEEPEYES_USER_PROMPT = (
-    "\nThink first, call **image_zoom_in_tool** if needed, then answer. Format strictly as:  <think>...</think>  "
-    "<tool_call>...</tool_call> (if tools needed)  <answer>...</answer> "
-)
-"""DeepEyes' ``USER_PROMPT_V2`` (papers.md §4.1; the double and trailing spaces are the source's)."""
-
-MC_INSTRUCTION = "Answer with the option's letter from the given choices."
-IMAGE = "<image>"
-
-
-# --- errors and context ------------------------------------------------------------------------------------------
-
-
-class RowError(ValueError):
-    """One source record cannot become a row. ``field`` is the source field at fault (dotted for nested fields),
-    ``kind`` a short reason that ``visionr3 prepare`` counts in its summary (``image not found``, ``missing field``)."""
-
-    def __init__(self, field: str, message: str, kind: str):
-        super().__init__(f"field '{field}': {message}")
-        self.field = field
-        self.message = message
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class PromptStyle:
-    """How a question becomes chat messages, and the agent loop (``agent_name``) those messages are written for."""
-
-    name: str
-    agent_name: str
-    build: Callable[[str, int], list[dict[str, str]]]  # (question text, number of images) -> messages
-
-    def messages(self, text: str, num_images: int) -> list[dict[str, str]]:
-        return self.build(text, num_images)
-
-
-def with_images(text: str, num_images: int, where: str = "front", sep: str = "\n") -> str:
-    """``text`` with ``num_images`` ``<image>`` placeholders put ``where`` (``front``/``back``), unless it already has
-    them (then it is returned as it is; :func:`check_placeholders` has checked their number)."""
-    if IMAGE in text or num_images == 0:
-        return text
-    placeholders = IMAGE * num_images
-    return placeholders + sep + text if where == "front" else text + sep + placeholders
-
-
-def _user(content: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": content}]
-
-
-STYLES: dict[str, PromptStyle] = {
-    style.name: style
-    for style in (
-        PromptStyle("zoom", "visionr3_agent", lambda q, n: _user(with_images(q, n) + DEEPEYES_USER_PROMPT)),
-        PromptStyle("vlm_r3", "visionr3_vlm_r3", lambda q, n: _user(with_images(q, n, sep="") + VLM_R3_PROMPT)),
-        PromptStyle(
-            "visionthink",
-            "visionr3_visionthink",
-            lambda q, n: _user(VISIONTHINK_TOOL_PROMPT.replace("{Question}", with_images(q, n))),
-        ),
-        PromptStyle(
-            "visionthink_general",
-            "single_turn_agent",
-            lambda q, n: [{"role": "system", "content": VISIONTHINK_GENERAL_SYSTEM_PROMPT}, *_user(with_images(q, n))],
-        ),
-        # Vision-SR1's jinja trims the content ({{ content | trim }}) and the format text starts with a space.
-        PromptStyle(
-            "vision_sr1", "visionr3_vision_sr1", lambda q, n: _user(with_images(q.strip(), n, "back", "") + SR1_FORMAT)
-        ),
-    )
-}
+# --- context -----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -261,7 +135,6 @@ def bare_question(question: str) -> str:
 # --- images ------------------------------------------------------------------------------------------------------
 
 
-
 def _decode(data: bytes, name: str, where: str) -> tuple[int, int]:
     """Decode fully (a truncated file fails here, not in training) and return ``(width, height)``."""
     try:
@@ -349,18 +222,6 @@ def base64_image(record: Mapping[str, Any], name: str, ctx: Context) -> dict[str
 
 # --- multiple choice ---------------------------------------------------------------------------------------------
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def mc_question(question: str, options: Sequence[str]) -> str:
-    """The question with its options, one per line as ``A. text`` (the documented multiple-choice form)."""
-    return "\n".join([question.strip(), *(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))])
-
-
-def mc_prompt(question: str, options: Sequence[str]) -> str:
-    """:func:`mc_question` plus the answer instruction: the text the prompt style wraps."""
-    return f"{mc_question(question, options)}\n{MC_INSTRUCTION}"
-
 
 def check_options(options: Any, name: str) -> list[str]:
     """2–26 non-empty option texts, stripped."""
@@ -443,21 +304,6 @@ def lettered_options(value: Any, name: str) -> list[str]:
             raise RowError(name, f"option ({match.group(1)}) out of order, expected ({expected})", "bad options")
         options.append(match.group(2))
     return check_options(options, name)
-
-
-class MultipleChoiceInfo(TypedDict):
-    """``extra_info`` of an evaluation row: what a scorer and a shuffling evaluator need, options in source order."""
-
-    index: int  # position of the record in the source file
-    benchmark: str  # vstar, mmvp, cvbench, hrbench_4k, ...
-    source_id: str  # the benchmark's own id ("" when it has none)
-    question: str  # mc_question(question_stem, options): what a judge or Vision-SR1's text-only pass reads
-    question_stem: str  # the question without options
-    options: list[str]  # option texts, A first
-    answer: str  # the correct letter (also the ground truth)
-    answer_text: str  # the correct option's text
-    category: str  # the benchmark's category ("" when it has none)
-    prompt_style: str  # the PromptStyle the prompt was written with
 
 
 def mc_row(
@@ -730,15 +576,3 @@ def mme_realworld(record: Mapping[str, Any], index: int, ctx: Context) -> Vision
         letter=letter, image=image, category="/".join(part for part in (subtask, fine) if part),
         extra={"task": task, "subtask": subtask, "fine_category": fine},
     )
-
-
-def validate_row(row: VisionRow) -> None:
-    """The invariants every written row keeps, whatever its format (verl asserts some of them much later)."""
-    placeholders = sum(str(m.get("content", "")).count(IMAGE) for m in row["prompt"])
-    if placeholders != len(row["images"]):
-        message = f"{placeholders} {IMAGE} placeholder(s) for {len(row['images'])} image(s)"
-        raise RowError("prompt", message, "placeholder mismatch")
-    if not any(m.get("role") == "user" for m in row["prompt"]):
-        raise RowError("prompt", "no user turn", "missing field")
-    if not str(row["reward_model"].get("ground_truth", "")).strip():
-        raise RowError("answer", "empty answer", "empty answer")
