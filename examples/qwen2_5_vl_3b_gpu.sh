@@ -10,7 +10,7 @@
 set -euo pipefail
 MODEL=${MODEL:-Qwen/Qwen2.5-VL-3B-Instruct}
 DATA=${DATA:-$HOME/data/visionr3_marks}
-python -c "from visionr3.data.synthetic import write_parquet as w; w('$DATA/train.parquet', 2048, 0, (1344, 1008)); w('$DATA/val.parquet', 64, 1, (1344, 1008))"
+python -c "from visionr3.demo.synthetic import write_parquet as w; w('$DATA/train.parquet', 2048, 0, (1344, 1008)); w('$DATA/val.parquet', 64, 1, (1344, 1008))"
 
 visionr3 train \
   actor_rollout_ref.model.path="$MODEL" \

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from visionr3.warmup import assistant_label_mask
+from visionr3.demo.warmup import assistant_label_mask
 from visionr3.testing.conversations import CROP_TOOL_SCHEMA, images_of, marked_canvas, tool_conversation
 from visionr3.testing.tiny_model import QWEN_TOKEN_IDS
 

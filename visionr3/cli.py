@@ -20,7 +20,7 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from visionr3.demo import run_demo
+    from visionr3.demo.run import run_demo
 
     return run_demo(output_dir=args.output_dir, warmup_steps=args.warmup_steps, steps=args.steps, n=args.n, recipe=args.recipe)
 

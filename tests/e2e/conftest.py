@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from visionr3.data.synthetic import write_parquet
+from visionr3.demo.synthetic import write_parquet
 from visionr3.config import RECIPES
 from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
@@ -41,9 +41,9 @@ VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
 RESPONSE_LENGTH = {"zoom": 384, "visionthink": 160, "vlm_r3": 320, "vision_sr1": 128}
 """Tokens per trajectory: room for the recipe's image turn (a quadrant crop is 169 tokens, the resized image 64)."""
 TASK = {"zoom": "zoom", "visionthink": "zoom", "vlm_r3": "zoom", "vision_sr1": "sr1"}
-"""The synthetic rows each recipe's step trains on (visionr3.data.synthetic)."""
+"""The synthetic rows each recipe's step trains on (visionr3.demo.synthetic)."""
 WARMUP = {"zoom": ("zoom", 100), "visionthink": ("visionthink", 100), "vlm_r3": ("vlm_r3", 100), "vision_sr1": ("sr1", 100)}
-"""recipe -> (warm-up task, steps) of its starting policy (visionr3.warmup): every recipe's step starts from a policy
+"""recipe -> (warm-up task, steps) of its starting policy (visionr3.demo.warmup): every recipe's step starts from a policy
 that performs the recipe's own mechanism (zoom: the demo's; vision_sr1: the SR1 demo's; all cached). 100 steps, as
 the demo's: after 60, sampled at the CPU preset's temperature 0.7, the VisionThink and VLM-R3 policies garbled every
 call of a step; after 100, 31 of 32 sampled resize calls and 31 of 32 inline boxes were valid (the zoom policy's
@@ -79,7 +79,7 @@ class Warmups:
     MARK = "warm-up\t"
     CHILD = (
         "import sys\n"
-        "from visionr3.demo import warmup_checkpoint\n"
+        "from visionr3.demo.run import warmup_checkpoint\n"
         "from visionr3.testing.tiny_model import tiny_model_dir\n"
         "base = tiny_model_dir('qwen2_5_vl')\n"
         "for spec in sys.argv[1:]:\n"

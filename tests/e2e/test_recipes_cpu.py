@@ -4,7 +4,7 @@ the CPU preset (HF rollout, fp32 FSDP2, one logical GPU) on top. tests/e2e/conft
 time, with the demo.
 
 Each run starts from a policy warmed up in its recipe's own format (tests/e2e/conftest.py ``WARMUP``,
-visionr3/warmup.py), so the step exercises the recipe's mechanism, and each test asserts that it did — from the
+visionr3/demo/warmup.py), so the step exercises the recipe's mechanism, and each test asserts that it did — from the
 step's metrics and from verl's rollout dump, which carries what the trainer's batch held:
 
 - zoom: hermes ``image_zoom_in_tool`` calls, every answer judged (the loopback judge, ``use: always``);

@@ -27,7 +27,7 @@ from PIL import Image
 
 from visionr3.agent.parsers import MALFORMED_CALL
 from visionr3.data.rows import LETTERS
-from visionr3.data.synthetic import DATA_SOURCE
+from visionr3.demo.synthetic import DATA_SOURCE
 from visionr3.eval.protocol import EvalProtocol, option_order
 from visionr3.eval.records import read_records
 from visionr3.testing.square_policy import ZOOM_TOOL, SquarePolicy, square_colour
@@ -43,7 +43,7 @@ TURNS = {"zoom": 2, "malformed": 2, "outside": 2, "answer": 1}  # assistant turn
 
 def samples_of(colours: list[str], rng: random.Random) -> list:
     """One synthetic square per colour, in order (draws until the colour comes up)."""
-    from visionr3.data.synthetic import make_sample
+    from visionr3.demo.synthetic import make_sample
 
     samples = []
     for colour in colours:
@@ -74,7 +74,7 @@ def write_marks(path: Path, colours: list[str]) -> dict[str, tuple[int, ...]]:
     """The synthetic mark task's parquet (one row per colour) and {sample id: the square's box in source pixels}."""
     import pandas as pd
 
-    from visionr3.data.synthetic import make_row
+    from visionr3.demo.synthetic import make_row
 
     samples = samples_of(colours, random.Random(7))
     pd.DataFrame([make_row(sample, index=i) for i, sample in enumerate(samples)]).to_parquet(path)

@@ -35,7 +35,7 @@ import pytest
 lmms_eval = pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (`make venv` installs it)")
 
 from visionr3.data.rows import LETTERS  # noqa: E402
-from visionr3.data.synthetic import COLOURS, make_sample  # noqa: E402
+from visionr3.demo.synthetic import COLOURS, make_sample  # noqa: E402
 from visionr3.eval.records import read_records  # noqa: E402
 from visionr3.testing.square_policy import SquarePolicy  # noqa: E402
 

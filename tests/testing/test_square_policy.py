@@ -8,7 +8,7 @@ import re
 import pytest
 from PIL import Image
 
-from visionr3.data.synthetic import make_sample
+from visionr3.demo.synthetic import make_sample
 from visionr3.eval.openai_backend import image_data_url
 from visionr3.testing.square_policy import PolicyError, SquarePolicy, square_box, square_colour
 

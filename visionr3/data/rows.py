@@ -1,7 +1,7 @@
 """The row: one record of the verl RLHF parquet files visionr3 trains and evaluates on (:class:`VisionRow`).
 
 Who writes rows: the per-format converters (:mod:`visionr3.data.converters`, run by ``visionr3 prepare``), the
-synthetic demo task (:mod:`visionr3.data.synthetic`) and the lmms-eval model (:mod:`visionr3.eval.lmms`, in memory).
+synthetic demo task (:mod:`visionr3.demo.synthetic`) and the lmms-eval model (:mod:`visionr3.eval.lmms`, in memory).
 Who reads them: the dataset (:class:`visionr3.data.dataset.VisionRLDataset`, verl's ``RLHFDataset``: ``prompt`` and
 ``images`` become the model input, ``agent_name`` picks the agent loop), the reward (``reward_model.ground_truth``,
 ``data_source``, ``extra_info.question``) and ``visionr3 eval`` (which re-prompts multiple-choice rows from their

@@ -40,7 +40,7 @@ from typing import Any, TypedDict
 from visionr3.data.converters import Context, field, image_entry, text
 from visionr3.data.prompts import VLM_R3_PROMPT
 from visionr3.data.rows import IMAGE, RowError
-from visionr3.data.synthetic import png_bytes
+from visionr3.demo.synthetic import png_bytes
 
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "observation": "tool", "function_call": "assistant"}

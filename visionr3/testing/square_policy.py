@@ -41,11 +41,11 @@ from typing import Any, Literal
 
 from PIL import Image, ImageChops, ImageStat
 
-from visionr3.data.synthetic import COLOURS
+from visionr3.demo.synthetic import COLOURS
 
 Plan = Literal["zoom", "malformed", "outside", "answer"]
 PLANS: tuple[Plan, ...] = ("zoom", "malformed", "outside", "answer")
-BACKGROUND = (236, 236, 230)  # the canvas of visionr3.data.synthetic.make_sample
+BACKGROUND = (236, 236, 230)  # the canvas of visionr3.demo.synthetic.make_sample
 ZOOM_TOOL = "image_zoom_in_tool"  # configs/tools/crop_zoom.yaml
 
 

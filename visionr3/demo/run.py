@@ -5,8 +5,8 @@
 Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores, less with a warm cache):
 
 1. **model** — the tiny offline Qwen2.5-VL with the real Qwen vocabulary (cached, :mod:`visionr3.testing.tiny_model`);
-2. **data** — the synthetic "name the colour of the small square" task as verl parquet (:mod:`visionr3.data.synthetic`);
-3. **warm-up** — supervised fine-tuning on synthetic tool-using demonstrations (:mod:`visionr3.warmup`), the papers'
+2. **data** — the synthetic "name the colour of the small square" task as verl parquet (:mod:`visionr3.demo.synthetic`);
+3. **warm-up** — supervised fine-tuning on synthetic tool-using demonstrations (:mod:`visionr3.demo.warmup`), the papers'
    cold start, so the policy emits well-formed ``image_zoom_in_tool`` calls (cached by its settings);
 4. **GRPO** — ``visionr3 train --config-name cpu_demo`` in a child process: verl's trainer with the CPU platform, the
    HF rollout replica, ``visionr3_agent`` + crop/zoom tool and the ``visionr3`` rule reward; per-step metrics
@@ -45,7 +45,7 @@ def warmup_checkpoint(
 
     from visionr3.config import config_path
     from visionr3.testing.cache import sha256_file, cache_root, cached_build
-    from visionr3.warmup import supervised_warmup
+    from visionr3.demo.warmup import supervised_warmup
 
     # The warm-up shows the policy its prompt image at the same budget as the GRPO run: the CPU preset's.
     data_max_pixels = int(OmegaConf.load(config_path("cluster", "cpu.yaml")).data.max_pixels)
@@ -101,7 +101,7 @@ def run_demo(
     recipe: str = "visionr3",
 ) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from visionr3.data.synthetic import write_parquet
+    from visionr3.demo.synthetic import write_parquet
     from visionr3.testing.tiny_model import tiny_model_dir
 
     out = Path(output_dir).resolve()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from visionr3.data.prompts import SR1_FORMAT
-from visionr3.data.synthetic import QUESTION, SR1_QUESTION, MarkSample, make_sample
+from visionr3.demo.synthetic import QUESTION, SR1_QUESTION, MarkSample, make_sample
 
 TASKS = ("zoom", "visionthink", "vlm_r3", "sr1")
 """The demonstration formats :func:`supervised_warmup` trains (see the module docstring)."""
