@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from visionr3 import jobs
+from visionr3.cluster import jobs
 from visionr3.cli import main as cli_main
 from visionr3.platform import free_port
 
@@ -316,7 +316,7 @@ def test_plan_of_a_recipe_submission(tmp_path):
     ])
     plan = jobs.plan_submission(args, {"OPENAI_API_KEY": "sk-not-in-the-plan"}, REPO)
     assert plan.entrypoint == (
-        "python3 -m visionr3.jobs require-env OPENAI_API_KEY && python3 -m visionr3.cli train --recipe zoom "
+        "python3 -m visionr3.cluster.jobs require-env OPENAI_API_KEY && python3 -m visionr3.cli train --recipe zoom "
         "--config-name cpu +cluster=a100_4x8 'data.train_files=/s/a b.parquet'"
     )
     assert plan.runtime_env["working_dir"] == str(tmp_path)

@@ -1,4 +1,4 @@
-"""``visionr3 merge`` (visionr3/merge.py) on real verl FSDP checkpoints of both tiny Qwen-VL architectures.
+"""``visionr3 merge`` (visionr3/cluster/merge.py) on real verl FSDP checkpoints of both tiny Qwen-VL architectures.
 
 The checkpoints are written by verl's own code, as the trainer writes them: two gloo ranks (world size 2, so the merge
 and our verification must reassemble DTensor shards) each build verl's ``TrainingWorker`` with the FSDP2 engine on the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from visionr3.merge import MergeError, merge_checkpoint, resolve_actor_dir, resolve_chat_template
+from visionr3.cluster.merge import MergeError, merge_checkpoint, resolve_actor_dir, resolve_chat_template
 from visionr3.platform import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -111,7 +111,7 @@ def test_unknown_recipe_is_a_clear_error():
     ],
 )
 def test_recipe_searchpath_joins_the_run_of_overrides(argv, expected):
-    from visionr3.train import with_override
+    from visionr3.train.main import with_override
 
     assert with_override(argv, "S") == expected
 

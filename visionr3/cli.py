@@ -26,7 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from visionr3.train import main
+    from visionr3.train.main import main
 
     return main(args.hydra_args)
 
@@ -34,10 +34,10 @@ def _train(args: argparse.Namespace) -> int:
 # subcommand -> (module, one-line help). The module's configure(parser)/run(args) do the rest.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("visionr3.data.prepare", "convert a public dataset format into verl parquet rows"),
-    "sft": ("visionr3.sft", "cold-start SFT on interleaved image-reasoning data (verl's SFT trainer)"),
-    "merge": ("visionr3.merge", "merge an FSDP checkpoint into a Hugging Face directory and verify it"),
-    "submit": ("visionr3.jobs", "submit a recipe to a Ray cluster as a Ray job"),
-    "job": ("visionr3.jobs", "follow a submitted Ray job: logs, status, stop, list"),
+    "sft": ("visionr3.train.sft", "cold-start SFT on interleaved image-reasoning data (verl's SFT trainer)"),
+    "merge": ("visionr3.cluster.merge", "merge an FSDP checkpoint into a Hugging Face directory and verify it"),
+    "submit": ("visionr3.cluster.jobs", "submit a recipe to a Ray cluster as a Ray job"),
+    "job": ("visionr3.cluster.jobs", "follow a submitted Ray job: logs, status, stop, list"),
     "eval": ("visionr3.eval.cli", "evaluate a checkpoint with a recipe's agent loop and tools on benchmark files"),
     "view": ("visionr3.eval.view", "render eval results or training rollout dumps as one self-contained HTML report"),
 }
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"] and not {"-h", "--help"} & set(argv[1:2]):
         # Hydra owns the rest of the command line (--config-name, overrides, --cfg job, ...).
-        from visionr3.train import main as train_main
+        from visionr3.train.main import main as train_main
 
         return train_main(argv[1:])
     args = build_parser(only=argv[0] if argv[:1] and argv[0] in SUBCOMMANDS else None).parse_args(argv)

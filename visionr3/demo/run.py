@@ -205,9 +205,9 @@ def run_demo(
 
 
 def merge_and_verify(actor_dir: Path, target: Path) -> None:
-    """``visionr3 merge`` as a library (:func:`visionr3.merge.merge_checkpoint`): verl's ``model_merger``, our chat
+    """``visionr3 merge`` as a library (:func:`visionr3.cluster.merge.merge_checkpoint`): verl's ``model_merger``, our chat
     template, then a reload that compares every tensor with the shard in the merged dtype (verl writes bfloat16).
     Replaces the previous run's merged model; quiet, since the demo prints its own line."""
-    from visionr3.merge import merge_checkpoint
+    from visionr3.cluster.merge import merge_checkpoint
 
     merge_checkpoint(actor_dir, target, overwrite=True, progress=False)

@@ -15,7 +15,7 @@ verl FSDP checkpoints: ``visionr3 merge`` / ``python -m verl.model_merger merge 
 
 Why a front at all: verl's trainer is SPMD and expects torchrun's environment. One process (the CPU case, or a
 debugging run) gets that environment here and runs in this process; more processes are started by torchrun
-(``python -m torch.distributed.run``), each running ``python -m visionr3.sft`` with the same Hydra arguments. A file
+(``python -m torch.distributed.run``), each running ``python -m visionr3.train.sft`` with the same Hydra arguments. A file
 logger is added so the command can end with a one-line summary (steps, loss, checkpoint).
 """
 
@@ -59,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
 def torchrun_command(config_name: str, hydra_args: list[str], nproc_per_node: int, nnodes: int = 1,
                      rdzv_endpoint: str | None = None) -> list[str]:
-    """The torchrun command line that runs ``python -m visionr3.sft`` on every rank of this node."""
+    """The torchrun command line that runs ``python -m visionr3.train.sft`` on every rank of this node."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
                f"--nnodes={nnodes}"]
     if rdzv_endpoint:
         command += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
     else:
         command += ["--standalone"]
-    return [*command, "-m", "visionr3.sft", "--config-name", config_name, *hydra_args]
+    return [*command, "-m", "visionr3.train.sft", "--config-name", config_name, *hydra_args]
 
 
 def launch_torchrun(config_name: str, hydra_args: list[str], nproc_per_node: int, nnodes: int,

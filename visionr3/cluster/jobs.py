@@ -172,7 +172,7 @@ def require_env_prefix(names: Sequence[str]) -> str:
     for name in names:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise JobsError(f"--require-env {name!r}: not an environment variable name")
-    return f"python3 -m visionr3.jobs require-env {shlex.join(names)} && " if names else ""
+    return f"python3 -m visionr3.cluster.jobs require-env {shlex.join(names)} && " if names else ""
 
 
 def train_entrypoint(recipe: str | None, config_name: str | None, overrides: Sequence[str]) -> str:
@@ -419,7 +419,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "API keys: export them on every Ray node before `ray start` (KubeRay: a secretKeyRef env); jobs inherit them.\n"
-        "Never pass them with --env or in overrides: submit refuses that. See `python -m pydoc visionr3.jobs`."
+        "Never pass them with --env or in overrides: submit refuses that. See `python -m pydoc visionr3.cluster.jobs`."
     )
     _add_address(parser)
     parser.add_argument("--recipe", help="a recipe under recipes/ (visionthink, vlm_r3, vision_sr1, zoom)")
@@ -558,7 +558,7 @@ def run_job(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Inside the job: python3 -m visionr3.jobs require-env NAME ...
+# Inside the job: python3 -m visionr3.cluster.jobs require-env NAME ...
 
 
 def require_env(names: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
@@ -581,7 +581,7 @@ def require_env(names: Sequence[str], environ: Mapping[str, str] | None = None) 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] != ["require-env"] or len(argv) < 2:
-        print("usage: python3 -m visionr3.jobs require-env NAME [NAME ...]", file=sys.stderr)
+        print("usage: python3 -m visionr3.cluster.jobs require-env NAME [NAME ...]", file=sys.stderr)
         return 2
     return require_env(argv[1:])
 
