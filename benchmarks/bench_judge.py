@@ -165,7 +165,8 @@ class Measure:
 
 def run_judge_client(server: ServerProcess, args: argparse.Namespace, http: str, name: str) -> Row:
     """``JudgeClient`` with the benchmark's timeout/retries/concurrency; everything else its defaults."""
-    from visionr3.reward.judge import JudgeClient, JudgeConfig
+    from visionr3.reward.judge.client import JudgeClient
+    from visionr3.reward.judge.config import JudgeConfig
 
     config = JudgeConfig(
         base_url=server.base_url, model=MODEL, api_key_env=None, prompt="visionthink",
@@ -204,7 +205,7 @@ def run_bare_aiohttp(server: ServerProcess, args: argparse.Namespace) -> Row:
     """The floor: one aiohttp session posting the same prompts, no retries, no verdict parsing beyond JSON."""
     import aiohttp
 
-    from visionr3.reward.judge import PROMPTS
+    from visionr3.reward.judge.prompts import PROMPTS
 
     prompt = PROMPTS["visionthink"]
     url = server.base_url + "/chat/completions"
@@ -247,7 +248,8 @@ def run_threadpool(server: ServerProcess, args: argparse.Namespace) -> Row:
     """VisionThink's shape (sync client, thread pool) with our retry policy and parser, so it loses nothing."""
     import openai
 
-    from visionr3.reward.judge import PROMPTS, retry_after_seconds
+    from visionr3.reward.judge.client import retry_after_seconds
+    from visionr3.reward.judge.prompts import PROMPTS
 
     prompt = PROMPTS["visionthink"]
     client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", timeout=args.timeout, max_retries=0)
@@ -413,7 +415,7 @@ def main() -> None:
             clean.close()
     server = ServerProcess(args, fault_rate=args.fault_rate)
     try:
-        from visionr3.reward.judge import JudgeConfig, resolve_http
+        from visionr3.reward.judge.config import JudgeConfig, resolve_http
 
         default_http = resolve_http(JudgeConfig(base_url=server.base_url, model=MODEL))
         progress(f"JudgeClient, default config (http=auto -> {default_http})")

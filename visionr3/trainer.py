@@ -20,9 +20,9 @@ visionr3's group-level rewards (pure functions in :mod:`visionr3.reward.shaping`
    :func:`~visionr3.reward.shaping.decoupled_advantages` over the same rows (GRPO only).
 
 With ``trainer.rollout_data_dir`` set, the rollout dump verl writes per step (``<step>.jsonl``: decoded prompt and
-response, ground truth, score) gets visionr3's columns too (:func:`dump_columns`): every reward component, the tool
-calls and crop boxes, the assistant turns, and the prompt image saved as ``<step>.images/<i>.jpg`` — so ``visionr3
-view <rollout_data_dir>`` shows what the policy looked at.
+response, ground truth, score) gets visionr3's columns too (:func:`~visionr3.agent.trajectory.dump_columns`): every
+reward component, the tool calls and crop boxes, the assistant turns, and the prompt image saved as
+``<step>.images/<i>.jpg`` — so ``visionr3 view <rollout_data_dir>`` shows what the policy looked at.
 
 With ``trainer.rollout_data_dir`` set, the dump also carries, per row, what verl's *batch* holds for its images
 (``batch_images``: each image's ``image_grid_thw`` and a digest and statistics of its slice of
@@ -52,94 +52,25 @@ from typing import Any
 
 import numpy as np
 
-TRAJECTORY_COUNTERS = (
-    "tool_calls",
-    "valid_tool_calls",
-    "invalid_tool_calls",
-    "tool_data_errors",
-    "num_images",
-    "tool_images",
-    "image_tokens",
-    "image_limit_hits",
-    "self_answer_tokens",
+from visionr3.agent.trajectory import (
+    DUMP_BATCH_IMAGES,
+    DUMP_IMAGE_SIZE,
+    DUMP_REWARD_SCORE,
+    DUMP_ROW_INDEX,
+    REWARD_EXTRA_INFO,
+    TOOL_CALLS,
+    aggregate_trajectory_metrics,
+    dump_columns,
+    dump_number,
+    dump_value,
 )
-SELF_REWARD_STATUSES = ("answered", "no_description", "empty_description", "leaky_description", "failed")
 
-
-def aggregate_trajectory_metrics(extra_fields: Sequence[Mapping[str, Any] | None], prefix: str = "visionr3/") -> dict[str, float]:
-    """``{prefix}<counter>/{mean,min,max}`` over trajectories, plus the tool-call rate and the valid-call ratio.
-
-    Trajectories that lack a counter (another agent loop in the same batch) are left out of that counter's stats.
-    """
-    metrics: dict[str, float] = {}
-    rows = [row for row in extra_fields if isinstance(row, Mapping)]
-    for key in TRAJECTORY_COUNTERS:
-        values = np.array([float(row[key]) for row in rows if isinstance(row.get(key), (int, float, np.number))])
-        if values.size:
-            metrics[f"{prefix}{key}/mean"] = float(values.mean())
-            metrics[f"{prefix}{key}/min"] = float(values.min())
-            metrics[f"{prefix}{key}/max"] = float(values.max())
-    rewards: dict[str, list[float]] = {}
-    for row in rows:  # the reward function's dict (accuracy, format, ...), which verl keeps per trajectory
-        for key, value in (row.get("reward_extra_info") or {}).items():
-            if isinstance(value, (int, float, np.number)) and key not in TRAJECTORY_COUNTERS:
-                rewards.setdefault(key, []).append(float(value))
-    for key, values in rewards.items():
-        metrics[f"{prefix}reward/{key}/mean"] = float(np.mean(values))
-    statuses = [row.get("self_reward_status") for row in rows if row.get("self_reward_status")]
-    if statuses:  # Vision-SR1's second pass: how often it could run, and why not
-        for status in SELF_REWARD_STATUSES:
-            metrics[f"{prefix}self_reward/{status}_rate"] = float(np.mean([s == status for s in statuses]))
-    calls = [float(row["tool_calls"]) for row in rows if isinstance(row.get("tool_calls"), (int, float, np.number))]
-    if calls:
-        metrics[f"{prefix}tool_call_rate"] = float(np.mean([c > 0 for c in calls]))
-        valid = sum(float(row.get("valid_tool_calls") or 0) for row in rows)
-        metrics[f"{prefix}valid_call_ratio"] = valid / sum(calls) if sum(calls) else 0.0
-    return metrics
-
-
-DUMP_FIELDS = ("crop_boxes", "assistant_turns", "tool_calls", "valid_tool_calls", "num_images", "self_answer", "self_reward_status")
 DUMP_IMAGE_MAX_SIDE = 512
-
-
-def dump_columns(extra_fields: Sequence[Mapping[str, Any] | None], image_names: Sequence[str | None]) -> dict[str, list]:
-    """The per-trajectory columns visionr3 adds to verl's rollout dump (``trainer.rollout_data_dir``), which holds
-    only the decoded prompt/response, the ground truth and the score: every reward component of the reward
-    function's dict, the loop's ``crop_boxes`` / ``assistant_turns`` / counters, the parsed ``tool_call_log``, and
-    ``image`` (the saved prompt image, relative to the dump folder) — what ``visionr3 view`` needs to draw boxes."""
-    rows = [row if isinstance(row, Mapping) else {} for row in extra_fields]
-    columns: dict[str, list] = {"image": list(image_names)}
-    reward_keys = sorted({k for row in rows for k, v in (row.get("reward_extra_info") or {}).items()
-                          if isinstance(v, (int, float, np.number)) and k != "score"})
-    for key in reward_keys:
-        columns[key] = [_plain_number((row.get("reward_extra_info") or {}).get(key)) for row in rows]
-    for key in DUMP_FIELDS:
-        if any(key in row for row in rows):
-            columns[key] = [_plain(row.get(key)) for row in rows]
-    if any("tool_call_log" in row for row in rows):
-        import json
-
-        columns["tool_call_log"] = [[json.loads(c) for c in (row.get("tool_call_log") or [])] for row in rows]
-    return columns
 
 
 def _rows(column: Any) -> list:
     """A TransferQueue non-tensor column as a list, one entry per key."""
     return list(column.tolist()) if hasattr(column, "tolist") else list(column)
-
-
-def _plain_number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def first_prompt_image(prompt: Sequence[Mapping[str, Any]] | None) -> Any:
@@ -256,7 +187,7 @@ def reward_rows(extra_fields: Sequence[Mapping[str, Any] | None]) -> list[dict[s
     """Each trajectory's reward dict (``extra_fields["reward_extra_info"]``), ``{}`` where there is none."""
     rows = []
     for row in extra_fields:
-        info = row.get("reward_extra_info") if isinstance(row, Mapping) else None
+        info = row.get(REWARD_EXTRA_INFO) if isinstance(row, Mapping) else None
         rows.append(dict(info) if isinstance(info, Mapping) else {})
     return rows
 
@@ -271,7 +202,7 @@ def shape_scores(
     if not apply_ratio.enable:
         return scores, {}
     accuracy = [float(r.get("accuracy", 0.0)) for r in rewards]
-    called = [float(r.get("tool_calls", r.get("tool", 0.0)) or 0.0) > 0 for r in rewards]
+    called = [float(r.get(TOOL_CALLS, r.get("tool", 0.0)) or 0.0) > 0 for r in rewards]
     penalties, ratios = apply_ratio_penalties(uids, accuracy, called, apply_ratio, valid)
     defined = ratios[~np.isnan(ratios)]
     metrics = {
@@ -388,10 +319,10 @@ def _register() -> None:
 
             self._dump_futures.append(self._dump_executor.submit(write_images))
             columns = dump_columns(rows, names)
-            columns["image_size"] = [None if im is None else list(im.size) for im in images]
-            columns["batch_images"] = [batch_image_summary(mm) for mm in multi_modal]
-            columns["reward_score"] = [_plain_number((row.get("reward_extra_info") or {}).get("score")) for row in rows]
-            columns["row_index"] = [_plain((info or {}).get("index")) for info in extra_info]
+            columns[DUMP_IMAGE_SIZE] = [None if im is None else list(im.size) for im in images]
+            columns[DUMP_BATCH_IMAGES] = [batch_image_summary(mm) for mm in multi_modal]
+            columns[DUMP_REWARD_SCORE] = [dump_number((row.get(REWARD_EXTRA_INFO) or {}).get("score")) for row in rows]
+            columns[DUMP_ROW_INDEX] = [dump_value((info or {}).get("index")) for info in extra_info]
             return columns
 
         # ---- group-level rewards --------------------------------------------------------------------------------

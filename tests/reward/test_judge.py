@@ -10,19 +10,16 @@ import time
 
 import pytest
 
-from visionr3.reward import judge as judge_module
-from visionr3.reward.judge import (
-    PROMPTS,
-    QWEN3_EMPTY_PREDICTION,
+from visionr3.reward.judge import client as judge_module
+from visionr3.reward.judge.client import (
     JudgeClient,
-    JudgeConfig,
-    JudgeConfigError,
     Verdict,
     close_judge_clients,
     judge_client,
-    resolve_http,
     retry_after_seconds,
 )
+from visionr3.reward.judge.config import JudgeConfig, JudgeConfigError, resolve_http
+from visionr3.reward.judge.prompts import PROMPTS, QWEN3_EMPTY_PREDICTION
 from visionr3.testing.openai_server import FaultRates, OpenAIStubServer, rule_verdict
 
 HTTP_PATHS = ("openai", "aiohttp")
@@ -405,7 +402,7 @@ def test_a_client_refuses_a_second_event_loop():
 
 def test_importing_the_module_creates_nothing():
     code = (
-        "import sys, visionr3.reward.judge as j; "
+        "import sys, visionr3.reward.judge.client as j; "
         "assert 'openai' not in sys.modules and 'aiohttp' not in sys.modules, 'client libraries imported'; "
         "assert not j._caches and not len(j._clients)"
     )

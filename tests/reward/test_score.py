@@ -3,7 +3,7 @@ rules, the judge, judge failures (counted, then rule fallback or exclusion), and
 
 import pytest
 
-from visionr3.reward.judge import close_judge_clients
+from visionr3.reward.judge.client import close_judge_clients
 from visionr3.reward.score import JudgeSettings, compute_score, reward_input
 from visionr3.testing.openai_server import FaultRates, OpenAIStubServer
 

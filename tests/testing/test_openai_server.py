@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from visionr3.reward.judge import PROMPTS
+from visionr3.reward.judge.prompts import PROMPTS
 from visionr3.testing.openai_server import (
     FAULT_KINDS,
     UNRECOGNISED_REPLY,

@@ -18,11 +18,10 @@ with the ``agent_name`` column. What it adds to verl's loop, and why:
   resumes — no user turn, as in the paper's code.
 - **Limits** on assistant turns and on images per trajectory (an over-limit call gets an error turn, or ends the
   trajectory with ``image_limit_action: terminate`` as VisionThink does).
-- **Per-trajectory metrics** in ``extra_fields`` (verl forwards every key to the reward function's ``extra_info``):
-  ``tool_calls``, ``valid_tool_calls``, ``invalid_tool_calls``, ``tool_data_errors``, ``tool_errors``, ``num_images``,
-  ``tool_images``, ``image_tokens``, ``crop_boxes``, ``image_limit_hits``, and ``assistant_turns`` (the decoded text of
-  each run of trained tokens, so per-turn format rewards need not re-split a response whose tool turns were decoded as
-  text).
+- **Per-trajectory metrics** in ``extra_fields`` (verl forwards every key to the reward function's ``extra_info``;
+  the keys and their meanings are :mod:`visionr3.agent.trajectory`), ``assistant_turns`` among them (the decoded
+  text of each run of trained tokens, so per-turn format rewards need not re-split a response whose tool turns were
+  decoded as text).
   (``AgentLoopOutput.metrics`` keeps only verl's own timing fields, so nothing of ours goes there.)
 - **Vision-SR1's self-reward pass** (``self_reward``): after the trajectory, the same policy, through the same
   rollout server, answers the question from its own ``<description>`` alone, without the image. The answer goes to
@@ -36,7 +35,7 @@ import itertools
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 from uuid import uuid4
 
@@ -48,6 +47,17 @@ from verl.tools.schemas import ToolResponse
 
 from visionr3.agent import parsers  # noqa: F401  (registers visionr3_hermes and bbox_json with verl's ToolParser)
 from visionr3.agent.parsers import MALFORMED_CALL
+from visionr3.agent.trajectory import (
+    ASSISTANT_TURNS,
+    IMAGE_TOKENS,
+    NUM_IMAGES,
+    SELF_ANSWER,
+    SELF_ANSWER_TOKENS,
+    SELF_REWARD_STATUS,
+    TOOL_IMAGES,
+    ToolCallLogEntry,
+    TrajectoryStats,
+)
 from visionr3.config import plain
 from visionr3.processing import image_items, seen_size
 from visionr3.reward.extract import description as extract_description
@@ -135,25 +145,7 @@ def mask_runs(response_mask: Sequence[int]) -> list[tuple[int, int]]:
     return [(start, end) for value, start, end in value_runs(response_mask) if value]
 
 
-@dataclass
-class TrajectoryStats:
-    """Counters for one trajectory; written into ``AgentLoopOutput.extra_fields`` when it ends."""
-
-    tool_calls: int = 0
-    valid_tool_calls: int = 0
-    invalid_tool_calls: int = 0  # the model's fault: malformed, unknown tool, bad arguments, over the image limit
-    tool_data_errors: int = 0  # the data's fault: the tool could not use the source (counted in neither of the above)
-    image_limit_hits: int = 0
-    tool_errors: list[str] = field(default_factory=list)
-    crop_boxes: list[list[int]] = field(default_factory=list)
-    # One JSON object per call, in call order: {"name", "arguments", "valid", "error", "data_error", "box"} (JSON
-    # strings, so the field stays a list of plain strings through verl's batches). Eval records and the viewer read it.
-    tool_call_log: list[str] = field(default_factory=list)
-
-
-
-
-def call_log_entry(tool_call: FunctionCall, response: ToolResponse, info: dict | None) -> dict[str, Any]:
+def call_log_entry(tool_call: FunctionCall, response: ToolResponse, info: dict | None) -> ToolCallLogEntry:
     """What one call did, for :attr:`TrajectoryStats.tool_call_log`: the name, the arguments (parsed when they are
     JSON, else the raw text), whether it returned an image, the error the model was shown, whether that error was the
     source's fault (``data_error``), the source-pixel box."""
@@ -258,10 +250,10 @@ class VisionAgentLoop(ToolAgentLoop):
         output.extra_fields.update(
             {
                 **stats,
-                "num_images": len(images),
-                "tool_images": max(0, len(images) - len(self._sources)),
-                "image_tokens": (output.prompt_ids + output.response_ids).count(self.image_token_id),
-                "assistant_turns": turns,
+                NUM_IMAGES: len(images),
+                TOOL_IMAGES: max(0, len(images) - len(self._sources)),
+                IMAGE_TOKENS: (output.prompt_ids + output.response_ids).count(self.image_token_id),
+                ASSISTANT_TURNS: turns,
             }
         )
         if self.self_reward.enable:
@@ -279,7 +271,7 @@ class VisionAgentLoop(ToolAgentLoop):
         """Vision-SR1: answer from the description alone, text only, same server, nothing trained on."""
         description = extract_description(response_text)
         status = description_status(description)
-        fields: dict[str, Any] = {"self_reward_status": status, "self_answer": None, "self_answer_tokens": 0}
+        fields: dict[str, Any] = {SELF_REWARD_STATUS: status, SELF_ANSWER: None, SELF_ANSWER_TOKENS: 0}
         if status != "answered":
             return fields
         config = self.self_reward
@@ -299,9 +291,9 @@ class VisionAgentLoop(ToolAgentLoop):
             )
         except Exception as exc:  # a failed second pass costs this sample its visual reward, not the step
             logger.warning("self-reward pass failed: %s", exc)
-            return {**fields, "self_reward_status": "failed"}
+            return {**fields, SELF_REWARD_STATUS: "failed"}
         answer = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        return {**fields, "self_answer": answer, "self_answer_tokens": len(result.token_ids)}
+        return {**fields, SELF_ANSWER: answer, SELF_ANSWER_TOKENS: len(result.token_ids)}
 
     async def process_multi_modal_info(self, messages: list[dict]) -> dict:
         data = await super().process_multi_modal_info(messages)

@@ -34,6 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from visionr3.agent.loop import value_runs
+from visionr3.agent.trajectory import (
+    ASSISTANT_TURNS,
+    CROP_BOXES,
+    NUM_IMAGES,
+    SELF_ANSWER,
+    SELF_REWARD_STATUS,
+    TOOL_CALL_LOG,
+    TOOL_CALLS,
+    TOOL_IMAGES,
+    VALID_TOOL_CALLS,
+)
 from visionr3.eval.protocol import EvalProtocol, shuffle_row
 from visionr3.eval.records import RecordWriter, SampleRecord, ToolCall, Turn, read_records, sample_key
 
@@ -308,7 +319,7 @@ class Evaluator:
         if callable(close):
             self.loop.run_until_complete(close())
         if self.protocol.scoring == "judge":  # the judge clients this loop opened (their HTTP sessions)
-            from visionr3.reward.judge import close_judge_clients
+            from visionr3.reward.judge.client import close_judge_clients
 
             self.loop.run_until_complete(close_judge_clients())
         self.loop.close()
@@ -455,7 +466,7 @@ class Evaluator:
                 source = open_image(fields["source_image"])
             except Exception as exc:  # an unreadable image is a data error of this sample only
                 record.error = f"cannot open the image: {exc}"
-        calls = [json.loads(c) for c in extra("tool_call_log", [])]
+        calls = [json.loads(c) for c in extra(TOOL_CALL_LOG, [])]
         image_dir = self.settings.images_dir
         rel_root = Path(self.settings.out).parent
         stem = _safe(f"{record.benchmark}_{record.sample_id}_{sample}")
@@ -478,7 +489,7 @@ class Evaluator:
                 tool_call.image = len(record.images)
                 record.images.append(os.path.relpath(path, rel_root))
             record.tool_calls.append(tool_call)
-        record.crop_boxes = [list(map(int, b)) for b in extra("crop_boxes", [])]
+        record.crop_boxes = [list(map(int, b)) for b in extra(CROP_BOXES, [])]
 
         # turns: runs of generated (mask 1) and inserted (mask 0) tokens
         tool_images = iter([c.image for c in record.tool_calls if c.image is not None])
@@ -494,7 +505,7 @@ class Evaluator:
 
         # score: the recipe's reward on the same inputs verl's reward loop would give it
         info = dict(item["extra_info"])
-        for key in ("assistant_turns", "tool_calls", "valid_tool_calls", "tool_images", "num_images", "self_answer", "self_reward_status", "crop_boxes"):
+        for key in (ASSISTANT_TURNS, TOOL_CALLS, VALID_TOOL_CALLS, TOOL_IMAGES, NUM_IMAGES, SELF_ANSWER, SELF_REWARD_STATUS, CROP_BOXES):
             if key in nt and nt[key][i] is not None:
                 info[key] = nt[key][i]
         solution = tok.decode(response, skip_special_tokens=True)

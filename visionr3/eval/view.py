@@ -49,6 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from visionr3.agent.trajectory import (
+    ASSISTANT_TURNS,
+    CROP_BOXES,
+    DUMP_IMAGE,
+    DUMP_IMAGE_SIZE,
+    TOOL_CALL_LOG,
+    TOOL_CALLS,
+)
 from visionr3.eval.records import SCHEMA, SampleRecord, ToolCall, Turn, iter_jsonl
 
 MAX_SIDE = 1024
@@ -60,7 +68,7 @@ BOX_COLOUR = "#ff0000"
 
 Kind = Literal["eval", "rollout"]
 _ROLLOUT_CORE = ("input", "output", "gts", "score", "step")
-_ROLLOUT_SHOWN = set(_ROLLOUT_CORE) | {"assistant_turns", "crop_boxes", "image", "image_size", "data_source", "tool_call_log"}
+_ROLLOUT_SHOWN = set(_ROLLOUT_CORE) | {ASSISTANT_TURNS, CROP_BOXES, DUMP_IMAGE, DUMP_IMAGE_SIZE, "data_source", TOOL_CALL_LOG}
 
 
 class ViewError(ValueError):
@@ -173,19 +181,19 @@ def card_from_rollout(row: dict[str, Any], base: Path, source: str) -> Card:
     filters leave it out."""
     numbers = {k: v for k, v in row.items() if k not in _ROLLOUT_SHOWN and _is_number(v)}
     accuracy = next((row[k] for k in ("accuracy", "acc") if _is_number(row.get(k))), None)
-    boxes = row.get("crop_boxes")
+    boxes = row.get(CROP_BOXES)
     boxes = boxes if isinstance(boxes, list) else []
-    if _is_number(row.get("tool_calls")):
-        used_tool: bool | None = row["tool_calls"] > 0 or bool(boxes)
-    elif "crop_boxes" in row:
+    if _is_number(row.get(TOOL_CALLS)):
+        used_tool: bool | None = row[TOOL_CALLS] > 0 or bool(boxes)
+    elif CROP_BOXES in row:
         used_tool = bool(boxes)
     else:
         used_tool = None
-    image = row.get("image")
+    image = row.get(DUMP_IMAGE)
     labels = [v if isinstance(v, str) else "" for v in (image if isinstance(image, list) else [image] if image else [])]
-    turns = row.get("assistant_turns")
+    turns = row.get(ASSISTANT_TURNS)
     turns = [Turn(role="assistant", text=str(t)) for t in turns] if isinstance(turns, list) else []
-    calls = row.get("tool_call_log")  # visionr3's trainer adds it (visionr3/trainer.py dump_columns)
+    calls = row.get(TOOL_CALL_LOG)  # visionr3's trainer adds it (visionr3/agent/trajectory.py dump_columns)
     tool_calls = [ToolCall.from_log(c) for c in (calls if isinstance(calls, list) else []) if isinstance(c, dict)]
     step = row.get("step")
     ident = row.get("uid") or row.get("request_id") or source.rsplit(":", 1)[-1]
@@ -206,7 +214,7 @@ def card_from_rollout(row: dict[str, Any], base: Path, source: str) -> Card:
         boxes=boxes,
         images=[_resolve(label, base) for label in labels],
         image_labels=[label[:40] + "…" if label.startswith("data:") else label for label in labels],
-        frame=_size(row.get("image_size")),
+        frame=_size(row.get(DUMP_IMAGE_SIZE)),
         output=str(row.get("output") or ""),
         other={k: v for k, v in row.items() if k not in _ROLLOUT_SHOWN and not _is_number(v)},
         step=step if isinstance(step, int) else None,

@@ -11,12 +11,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from visionr3.agent.trajectory import (
+    IMAGE_TOKENS,
+    INVALID_TOOL_CALLS,
+    NUM_IMAGES,
+    TOOL_CALLS,
+    TOOL_DATA_ERRORS,
+    VALID_TOOL_CALLS,
+)
+
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 FORMAT_WEIGHT = 0.1
 # tool_data_errors: calls that failed on the source (a data problem), counted apart from the model's invalid calls.
-ECHOED_TOOL_METRICS = (
-    "tool_calls", "valid_tool_calls", "invalid_tool_calls", "tool_data_errors", "num_images", "image_tokens",
-)
+ECHOED_TOOL_METRICS = (TOOL_CALLS, VALID_TOOL_CALLS, INVALID_TOOL_CALLS, TOOL_DATA_ERRORS, NUM_IMAGES, IMAGE_TOKENS)
 
 
 def extract_answer(text: str) -> str | None:

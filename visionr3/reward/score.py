@@ -17,7 +17,7 @@ What it does, in order:
    ``extra_info``), and Vision-SR1's second-pass answer.
 2. The recipe (:mod:`visionr3.reward.formulas`) says which text is the answer; the rules
    (:func:`visionr3.reward.grade.grade`) grade it.
-3. The judge (:mod:`visionr3.reward.judge`) is asked when ``judge.use`` says so: ``always`` (VisionThink, DeepEyes),
+3. The judge (:mod:`visionr3.reward.judge.client`) is asked when ``judge.use`` says so: ``always`` (VisionThink, DeepEyes),
    ``undecided`` (only when the rules cannot tell — VLM-R3's exact-match-then-judge) or ``never``. The *same* client
    serves a remote API (``judge.backend: api``: any OpenAI-compatible ``base_url``, key from ``judge.api_key_env``)
    and the local judge verl serves inside the job (``judge.backend: local``: verl's generative reward model,
@@ -39,6 +39,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from visionr3.agent.trajectory import (
+    ASSISTANT_TURNS,
+    SELF_ANSWER,
+    SELF_REWARD_STATUS,
+    TOOL_CALLS,
+    TOOL_IMAGES,
+    VALID_TOOL_CALLS,
+)
 from visionr3.config import plain
 from visionr3.reward.formulas import get_recipe
 from visionr3.reward.rules import ECHOED_TOOL_METRICS
@@ -54,7 +62,7 @@ JudgeUse = Literal["never", "undecided", "always"]
 @dataclass(frozen=True)
 class JudgeSettings:
     """``visionr3.reward.judge``: when to ask, what to do on failure, and the client config (see
-    :class:`visionr3.reward.judge.JudgeConfig` for ``base_url``, ``model``, ``prompt``, retries, ...)."""
+    :class:`visionr3.reward.judge.config.JudgeConfig` for ``base_url``, ``model``, ``prompt``, retries, ...)."""
 
     use: JudgeUse = "never"
     backend: Literal["api", "local"] = "api"
@@ -101,8 +109,8 @@ def reward_input(data_source: str, solution_str: str, ground_truth: Any, extra_i
     options = info.get("options") or info.get("choices") or ()
     if isinstance(options, Mapping):  # {"A": "...", "B": "..."}
         options = [options[key] for key in sorted(options)]
-    turns = info.get("assistant_turns") or ()
-    self_answer = info.get("self_answer")
+    turns = info.get(ASSISTANT_TURNS) or ()
+    self_answer = info.get(SELF_ANSWER)
     return RewardInput(
         response=solution_str or "",
         ground_truth=ground_truth_text(ground_truth),
@@ -110,11 +118,11 @@ def reward_input(data_source: str, solution_str: str, ground_truth: Any, extra_i
         question=str(info.get("question") or ""),
         options=tuple(str(option) for option in options),
         turns=tuple(str(turn) for turn in turns),
-        tool_calls=_int(info.get("tool_calls")),
-        valid_tool_calls=_int(info.get("valid_tool_calls")),
-        tool_images=_int(info.get("tool_images")),
+        tool_calls=_int(info.get(TOOL_CALLS)),
+        valid_tool_calls=_int(info.get(VALID_TOOL_CALLS)),
+        tool_images=_int(info.get(TOOL_IMAGES)),
         self_answer=None if self_answer is None else str(self_answer),
-        self_status=str(info.get("self_reward_status") or "off"),  # type: ignore[arg-type]
+        self_status=str(info.get(SELF_REWARD_STATUS) or "off"),  # type: ignore[arg-type]
     )
 
 
@@ -150,7 +158,8 @@ async def score_input(
 
 
 async def _judge(settings: JudgeSettings, inp: RewardInput, prediction: str, reward_router_address: str | None):
-    from visionr3.reward.judge import JudgeConfig, judge_client
+    from visionr3.reward.judge.client import judge_client
+    from visionr3.reward.judge.config import JudgeConfig
 
     client_config = dict(settings.client or {})
     if settings.backend == "local":

@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible chat server that judges deterministically and injects faults on purpose.
 
-Why it exists: the judge client (:mod:`visionr3.reward.judge`) must survive what real endpoints do under load —
+Why it exists: the judge client (:mod:`visionr3.reward.judge.client`) must survive what real endpoints do under load —
 hung requests, 429s with ``Retry-After``, 5xx, and 200 replies whose body is not a chat completion — and must never
 let a policy's prediction talk the judge into a verdict. Mocking the SDK would test none of that: the HTTP stack,
 the SDK's error mapping and the retry timing are exactly what breaks. This server speaks real HTTP on 127.0.0.1
@@ -12,7 +12,7 @@ What it serves:
   chat completion (``id``, ``object``, ``created``, ``model``, ``choices[0].message.content``, ``finish_reason``,
   ``usage``) after ``latency`` seconds (± ``jitter``·latency, uniform, if set). The content comes from a
   pluggable :data:`ReplyFn`; the default, :func:`rule_judge`, recognises the judge prompt presets of
-  :mod:`visionr3.reward.judge` by their own text (it keeps its own copy of their markers, so a template the client
+  :mod:`visionr3.reward.judge.prompts` by their own text (it keeps its own copy of their markers, so a template the client
   renders wrongly is not "recognised" by construction), pulls ground truth and prediction out of the prompt, decides
   by normalised exact match (:func:`rule_verdict`) and answers in that preset's verdict format. Like a chatty real
   judge it **echoes the prediction before its verdict**, so a prediction that contains ``Score: 1`` or ``[[YES]]``
@@ -133,7 +133,7 @@ class FaultRates:
 
 # --------------------------------------------------------------------------------------------------------------------
 # The rule judge: recognise a preset's prompt, extract (ground truth, prediction), decide, answer in its format.
-# The markers below are this module's own copy of the preset texts (see visionr3.reward.judge and
+# The markers below are this module's own copy of the preset texts (see visionr3.reward.judge.prompts and
 # papers.md). Only the prediction is untrusted: fields *before* it are matched lazily and the
 # prediction greedily, so text injected into the prediction (even a copy of the template's own markers) stays inside
 # the prediction.

@@ -1,20 +1,11 @@
-"""LLM-as-a-judge over any OpenAI-compatible endpoint: exact prompt presets, strict verdict parsing, bounded retries.
+"""The judge client: one :class:`JudgeClient` per endpoint, process and event loop, with bounded retries, request
+slots, a verdict cache and statistics. Both HTTP paths speak ``POST {base_url}/chat/completions``, so one client
+serves a remote API (GPT-4o, Azure, DashScope) and a local judge (vLLM/HF behind verl's reward router).
 
-One client serves a remote API (GPT-4o, Azure, DashScope) and a local judge (vLLM/HF behind verl's reward router):
-both speak ``POST {base_url}/chat/completions``. What it must get right, each a bug in the papers' code
-(papers.md §1.5, §1.7, §2.5, §3.4, §4.5):
-
-* **Only the judge's final verdict counts.** Each preset's parser takes the *last* verdict in its own format
-  (VisionThink's last ``Score: 0|1``, Qwen3's last ``[[YES]]``/``[[NO]]`` after the last ``</think>``, ...), never
-  ``'1' in reply``. A chatty judge that quotes the prediction — and the prediction contains ``Score: 1`` — therefore
-  cannot flip a verdict, and a reply without a verdict is a *failed attempt* (retried), never a silent 0 or 1.
 * **Failures are bounded and visible.** Each attempt consumes one retry — VisionThink's client retried
   ``RateLimitError`` without counting and could loop forever. Retries back off exponentially with full jitter and
   honour ``Retry-After``/``retry-after-ms`` (capped). After ``max_retries`` the verdict is ``score=None`` with an
   error kind; the reward code filters that sample (VisionThink's ``is_filter``) instead of crashing or hanging.
-* **Deterministic by default** (temperature 0), where DeepEyes sampled its judge at T0.3 with random seeds.
-* **The API key stays out of everything**: it is read from the environment variable ``api_key_env`` when the client is
-  built, never stored in the config, and redacted from error texts.
 
 Throughput: one :class:`JudgeClient` per process and event loop (:func:`judge_client`) shares its request slots
 (``max_concurrency`` requests in flight; waiting retries go first), an LRU cache of verdicts (failures are not
@@ -34,15 +25,6 @@ tens of milliseconds and the client's CPU per request decides the throughput:
   the SDK path's (1.1 ms on a busy machine). Against a 50 ms judge at 64 in flight the SDK path saturates a shared
   core's event loop — spurious timeouts, retries, down to half the throughput (``benchmarks/bench_judge.py``).
 
-Config (the client keys of the ``visionr3.reward.judge`` block; :meth:`JudgeConfig.from_dict` takes them)::
-
-    judge:
-      base_url: https://api.openai.com/v1   # or empty + verl's reward_router_address for a local judge
-      model: gpt-4o-2024-11-20
-      api_key_env: OPENAI_API_KEY            # null: no key (a judge that needs none)
-      prompt: visionthink                    # visionthink | qwen3 | vlm_r3 | deepeyes | sr1
-      extra_body: {chat_template_kwargs: {enable_thinking: true}}   # e.g. a Qwen3 judge on vLLM
-
 Use from an async reward function::
 
     client = judge_client(config)            # one per process and event loop
@@ -54,422 +36,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import logging
-import os
 import random
-import re
 import sys
 import threading
 import time
 import weakref
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from email.utils import parsedate_to_datetime
-from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
-from visionr3.config import plain
+from visionr3.reward.judge.config import PLACEHOLDER_API_KEY, JudgeConfig, _public_url, _read_api_key, resolve_http
+from visionr3.reward.judge.prompts import PROMPTS
 
 logger = logging.getLogger(__name__)
-
-CONFIG_KEY = "visionr3.reward.judge"
-"""Where the judge's config block lives; error messages name keys under it."""
-
-VerdictParser = Callable[[str], "float | None"]
-"""``parse(reply) -> 1.0 | 0.0 | None``: the judge's final verdict, ``None`` when the reply carries none."""
 
 RAW_LIMIT = 2000
 """Characters of the judge's last reply kept in :attr:`Verdict.raw`."""
 
-PLACEHOLDER_API_KEY = "EMPTY"
-"""Sent when no key is needed (loopback, or ``api_key_env: null``); vLLM's convention."""
 
-
-# ====================================================================================================================
-# Verdict parsers. Each returns the LAST verdict in its format, or None. They never look for a bare digit anywhere in
-# the reply, so a quoted prediction cannot supply the verdict unless the judge ends its reply with it.
-# ====================================================================================================================
-
-# "Score: 1", "score:0.0", "**Score:** 1", "Score: **1**" — not "Score: 1.5", "Score: 10".
-_SCORE = re.compile(r"score(?:\*\*)?\s*:\s*(?:\*\*)?\s*([01])(?:\.0+)?(?!\.?\d)", re.IGNORECASE)
-_YES_NO = re.compile(r"\[\[\s*(YES|NO)\s*\]\]", re.IGNORECASE)
-_FLOAT_01 = re.compile(r"(?<![\d.])([01])\.0+(?!\.?\d)")
-_JUDGEMENT = re.compile(r"judg?ement\s*:\s*(?:\*\*)?\s*([01])(?:\.0+)?(?!\.?\d)", re.IGNORECASE)
-_JUDGMENT_TAG = re.compile(r"<judgment>(.*?)</judgment>", re.IGNORECASE | re.DOTALL)
-_NEGATIVE = re.compile(r"\b(?:incorrect|not correct|wrong)\b", re.IGNORECASE)
-_POSITIVE = re.compile(r"\bcorrect\b", re.IGNORECASE)
-
-
-def _last(pattern: re.Pattern[str], text: str) -> str | None:
-    found = pattern.findall(text)
-    return found[-1] if found else None
-
-
-def parse_score(reply: str) -> float | None:
-    """VisionThink's GPT judge: the last ``Score: 0|1`` (papers.md §1.3; theirs fell back to 0 when none matched)."""
-    value = _last(_SCORE, reply)
-    return None if value is None else float(value)
-
-
-def parse_yes_no(reply: str) -> float | None:
-    """Qwen3 verifier: the last ``[[YES]]``/``[[NO]]`` after the last ``</think>``.
-
-    A reply that opened ``<think>`` but never closed it ran out of tokens while thinking: no verdict (VisionThink
-    scored that 0). A reply with no think block at all (thinking off, or vLLM's reasoning parser moved it out of
-    ``content``) is read whole.
-    """
-    if "</think>" in reply:
-        reply = reply.rsplit("</think>", 1)[1]
-    elif "<think>" in reply:
-        return None
-    value = _last(_YES_NO, reply)
-    return None if value is None else float(value.upper() == "YES")
-
-
-def parse_float_verdict(reply: str) -> float | None:
-    """VLM-R3: the last standalone ``1.0``/``0.0``; or a reply that is exactly ``1``/``0``."""
-    value = _last(_FLOAT_01, reply)
-    if value is not None:
-        return float(value)
-    bare = reply.strip()
-    return float(bare) if bare in ("0", "1") else None
-
-
-def parse_judgement(reply: str) -> float | None:
-    """DeepEyes: the last ``Judgement: 0|1`` (also the prompt's own spelling ``Judement``); or a bare ``1``/``0``.
-
-    Theirs took the text after ``Judgement:`` and asked ``'1' in`` it, else ``'0' in`` it, else scored 0.
-    """
-    value = _last(_JUDGEMENT, reply)
-    if value is not None:
-        return float(value)
-    bare = reply.strip()
-    return float(bare) if bare in ("0", "1") else None
-
-
-def parse_judgment_tag(reply: str) -> float | None:
-    """Vision-SR1: the last ``<judgment>…</judgment>``; ``incorrect``/``not correct``/``wrong`` → 0; ``correct`` → 1.
-
-    Theirs counted anything without "incorrect" as correct — an empty or failed judgment included (§3.4).
-    """
-    value = _last(_JUDGMENT_TAG, reply)
-    if value is None:
-        return None
-    if _NEGATIVE.search(value):
-        return 0.0
-    return 1.0 if _POSITIVE.search(value) else None
-
-
-# ====================================================================================================================
-# Prompt presets: the papers' exact texts (papers.md §1.3, §1.5, §2.3, §4.3, §3.3). Templates are str.format()ted
-# once, so braces inside the *values* are never re-interpreted.
-# ====================================================================================================================
-
-
-@dataclass(frozen=True)
-class JudgePrompt:
-    """A judge preset: its messages and its verdict parser.
-
-    ``user`` (and ``system``) are ``str.format`` templates over ``{question}``, ``{ground_truth}``, ``{prediction}``.
-    ``empty_prediction`` replaces a blank prediction (Qwen3's "Invalid Answer. Please output [[NO]]." sentinel).
-    """
-
-    name: str
-    user: str
-    parse: VerdictParser = field(repr=False, compare=False)
-    system: str | None = None
-    empty_prediction: str | None = None
-
-    def messages(self, question: str, ground_truth: str, prediction: str) -> list[dict[str, str]]:
-        """The chat messages for one judgement."""
-        if self.empty_prediction is not None and not prediction.strip():
-            prediction = self.empty_prediction
-        values = {"question": question, "ground_truth": ground_truth, "prediction": prediction}
-        out = [] if self.system is None else [{"role": "system", "content": self.system.format(**values)}]
-        out.append({"role": "user", "content": self.user.format(**values)})
-        return out
-
-
-VISIONTHINK_SYSTEM = (
-    "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for question-answer "
-    "pairs.\nYour task is to compare the predicted answer with the correct answer and determine if they match "
-    "meaningfully. Here's how you can accomplish the task:\n------\n##INSTRUCTIONS:\n- Focus on the meaningful match "
-    "between the predicted answer and the correct answer.\n- Consider synonyms or paraphrases as valid matches.\n"
-    "- Evaluate the correctness of the prediction compared to the answer."
-)
-VISIONTHINK_USER = (
-    "I will give you a question related to an image and the following text as inputs:\n\n"
-    "1. **Question Related to the Image**: {question}\n2. **Ground Truth Answer**: {ground_truth}\n"
-    "3. **Model Predicted Answer**: {prediction}\n\n"
-    "Your task is to evaluate the model's predicted answer against the ground truth answer, based on the context "
-    "provided by the question related to the image. Consider the following criteria for evaluation:\n"
-    "- **Relevance**: Does the predicted answer directly address the question posed, considering the information "
-    "provided by the given question?\n"
-    "- **Accuracy**: Compare the predicted answer to the ground truth answer. You need to evaluate from the following "
-    "two perspectives:\n"
-    "(1) If the ground truth answer is open-ended, consider whether the prediction accurately reflects the information "
-    "given in the ground truth without introducing factual inaccuracies. If it does, the prediction should be "
-    "considered correct.\n"
-    "(2) If the ground truth answer is a definitive answer, strictly compare the model's prediction to the actual "
-    "answer. Pay attention to unit conversions such as length and angle, etc. As long as the results are consistent, "
-    "the model's prediction should be deemed correct.\n"
-    "**Output Format**:\n"
-    "Your response should include an integer score indicating the correctness of the prediction: 1 for correct and 0 "
-    "for incorrect. Note that 1 means the model's prediction strictly aligns with the ground truth, while 0 means it "
-    "does not.\n"
-    'The format should be "Score: 0 or 1"'
-)
-
-QWEN3_SYSTEM = (
-    "You are an expert in verifying if two answers are the same.\n"
-    "Your input is a problem and two answers, Answer 1 (**Model Predicted Answer**) and Answer 2 (**Ground Truth "
-    "Answer**).\n"
-    "Your need to evaluate the model's predicted answer against the ground truth answer.\n"
-    "Your task is to determine if two answers are equivalent, without attempting to solve the original problem.\n"
-    "Compare the answers to verify they represent identical values or meaning, even when written in different forms "
-    "or notations.\n\n"
-    "Your output should be only: [[YES]] if the answers are equivalent, or [[NO]] if they are not."
-)
-QWEN3_USER = (
-    "\nProblem: {question}\nAnswer 1 (**Model Predicted Answer**): {prediction}\n"
-    "Answer 2 (**Ground Truth Answer**): {ground_truth}\n"
-)
-QWEN3_EMPTY_PREDICTION = "Invalid Answer. Please output [[NO]]."
-
-VLM_R3_USER = (
-    "You are a evaluation expert. Compare the student's answer with the correct answer. Output ONLY '1.0' if the "
-    "student's answer matches the correct answer in meaning, or '0.0' if the student's answer does not contain a "
-    "correct answer. No other output is allowed.\n" + " " * 20 + "Question: {question}\n"
-    "Student's answer: {prediction}\nCorrect answer: {ground_truth}\nOutput only 1.0 or 0.0:"
-)
-
-# DeepEyes (verl/utils/reward_score/vl_agent.py, identical at 6c5e796's neighbours fdd3c42 and 04dbb92): the header,
-# typos included, then 7 GQA shots, then the item. Byte for byte as their code builds it — including the literal
-# backslash-n pair ("\\n\\n") their non-raw triple-quoted header ends with, and the blank lines between shots.
-DEEPEYES_SYSTEM = "You are a helpful assistant."
-DEEPEYES_HEADER = (
-    "Below are two answers to a question. Question is [Question], [Standard Answer] is the standard answer to the "
-    "question, and [Model_answer] is the answer extracted from a model's output to this question.  Determine whether "
-    "these two answers are consistent.\nNote that [Model Answer] is consistent with [Standard Answer] whenever they "
-    "are essentially the same. If the meaning is expressed in the same way, it is considered consistent, for example, "
-    "'pink' and 'it is pink'.\nIf they are consistent, Judement is 1; if they are different, Judement is 0. Just "
-    "output Judement and don't output anything else."
-)
-DEEPEYES_SHOTS: tuple[tuple[str, str, str, int], ...] = (
-    ("Is the countertop tan or blue?", "The countertop is tan.", "tan", 1),
-    ("On which side of the picture is the barrier?", "The barrier is on the left side of the picture.", "left", 1),
-    ("Is the kite brown and large?", "Yes, the kite is brown and large.", "Yes", 1),
-    ("Are the spots on a giraffe?", "No, the spots are on a banana.", "no", 1),
-    ("Who is wearing pants?", "The boy is wearing pants.", "The person in the picture is wearing pants.", 1),
-    ("Is the man phone both blue and closed?", "Yes, the man phone is both blue and closed.", "No.", 0),
-    (
-        "What color is the towel in the center of the picture?",
-        "The towel in the center of the picture is blue.",
-        "The towel in the center of the picture is pink.",
-        0,
-    ),
-)
-"""(question, standard answer, model answer, judgement) of DeepEyes' in-context examples, in their order."""
-
-
-def _deepeyes_user() -> str:
-    shots = "".join(
-        f"\n[Question]: {q}\n[Standard Answer]: {a}\n[Model_answer] : {m}\nJudgement: {j}\n\n\n"
-        for q, a, m, j in DEEPEYES_SHOTS
-    )
-    item = "\n[Question]: {question}\n[Standard Answer]: {ground_truth}\n[Model_answer] : {prediction}\nJudgement:"
-    return "\n" + DEEPEYES_HEADER + "\\n\\n\n" + shots + item
-
-
-SR1_USER = (
-    "You are provided a question, a gold answer, and a candidate answer. Your task is to judge the correctness of the "
-    "candidate answer. Return your judgment enclosed with <judgment> </judgment>.\nQuestion:{question}\n"
-    "Reference Answer: {ground_truth}\nCandidate Answer: {prediction}"
-)
-
-PROMPTS: dict[str, JudgePrompt] = {
-    "visionthink": JudgePrompt("visionthink", VISIONTHINK_USER, parse_score, system=VISIONTHINK_SYSTEM),
-    "qwen3": JudgePrompt(
-        "qwen3", QWEN3_USER, parse_yes_no, system=QWEN3_SYSTEM, empty_prediction=QWEN3_EMPTY_PREDICTION
-    ),
-    "vlm_r3": JudgePrompt("vlm_r3", VLM_R3_USER, parse_float_verdict),
-    "deepeyes": JudgePrompt("deepeyes", _deepeyes_user(), parse_judgement, system=DEEPEYES_SYSTEM),
-    "sr1": JudgePrompt("sr1", SR1_USER, parse_judgment_tag),
-}
-"""The presets by name. ``visionthink`` (GPT-4o, "Score: 0 or 1") is the default."""
-
-
-# ====================================================================================================================
-# Config
-# ====================================================================================================================
-
-
-class JudgeConfigError(ValueError):
-    """A judge config value is missing or invalid; the message names the full key."""
-
-
-HttpPath = Literal["auto", "openai", "aiohttp"]
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Everything that defines a judge; hashable, and free of secrets (the key is read from ``api_key_env``).
-
-    - ``base_url``: the OpenAI-compatible root (``.../v1``); for Azure, the resource endpoint.
-    - ``model``: the model id (Azure: the deployment name).
-    - ``api_key_env``: the environment variable holding the key; ``None`` for a judge that needs none. A loopback
-      ``base_url`` works without it (placeholder key).
-    - ``prompt``: a :data:`PROMPTS` name.
-    - ``max_concurrency``: requests in flight per client (the backoff sleeps hold no slot).
-    - ``timeout``: seconds per attempt, end to end.
-    - ``max_retries``: retries after the first attempt; every retryable failure consumes one.
-    - ``backoff_base`` / ``backoff_max``: seconds; full-jitter exponential backoff ``U(0, min(max, base·2^k))``;
-      a ``Retry-After`` is honoured up to ``backoff_max``.
-    - ``temperature`` / ``max_tokens``: sampling; 0.0 makes the judge deterministic.
-    - ``cache_size``: LRU entries of successful verdicts (0 disables the cache).
-    - ``extra_body``: merged into the request JSON, e.g. ``{"chat_template_kwargs": {"enable_thinking": True}}``.
-    - ``azure_api_version``: use Azure OpenAI (``AsyncAzureOpenAI``) with this API version.
-    - ``http``: ``openai`` (the SDK), ``aiohttp`` (lean), or ``auto``: the SDK for ``https://`` and Azure, aiohttp
-      for ``http://`` (see the module docstring).
-    """
-
-    base_url: str
-    model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
-    prompt: str = "visionthink"
-    max_concurrency: int = 64
-    timeout: float = 60.0
-    max_retries: int = 5
-    backoff_base: float = 0.05
-    backoff_max: float = 10.0
-    temperature: float = 0.0
-    max_tokens: int = 512
-    cache_size: int = 100_000
-    extra_body: Mapping[str, Any] = field(default_factory=dict)
-    azure_api_version: str | None = None
-    http: HttpPath = "auto"
-
-    def __post_init__(self) -> None:
-        # A read-only deep copy: the config is a registry key and must not change under the client that holds it.
-        extra_body = json.loads(json.dumps(plain(self.extra_body) or {}))
-        object.__setattr__(self, "extra_body", MappingProxyType(extra_body))
-
-        def bad(key: str, why: str) -> JudgeConfigError:
-            return JudgeConfigError(f"{CONFIG_KEY}.{key}: {why}")
-
-        if not self.base_url:
-            raise bad("base_url", "is empty (give the judge's OpenAI-compatible URL, or a reward router address)")
-        if not self.model:
-            raise bad("model", "is empty")
-        if self.prompt not in PROMPTS:
-            raise bad("prompt", f"unknown preset {self.prompt!r}; choose one of {sorted(PROMPTS)}")
-        if self.http not in ("auto", "openai", "aiohttp"):
-            raise bad("http", f"must be auto, openai or aiohttp, got {self.http!r}")
-        for key, minimum in (("max_concurrency", 1), ("max_retries", 0), ("max_tokens", 1), ("cache_size", 0)):
-            if getattr(self, key) < minimum:
-                raise bad(key, f"must be >= {minimum}, got {getattr(self, key)}")
-        if self.timeout <= 0:
-            raise bad("timeout", f"must be > 0 seconds, got {self.timeout}")
-        for key in ("backoff_base", "backoff_max", "temperature"):
-            if getattr(self, key) < 0:
-                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ("extra_body",):
-            reserved = {"model", "messages"} & set(self.extra_body)
-            if reserved:
-                raise bad(key, f"may not override {sorted(reserved)}")
-
-    def __hash__(self) -> int:
-        return hash(self.cache_key)
-
-    @property
-    def cache_key(self) -> str:
-        """A canonical string of every field (the registry's key)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["extra_body"] = dict(self.extra_body)
-        return json.dumps(values, sort_keys=True, default=str)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | Any, *, reward_router_address: str | None = None) -> JudgeConfig:
-        """Build from a plain dict or an OmegaConf ``DictConfig`` (the ``visionr3.reward.judge`` block).
-
-        ``reward_router_address`` (``host:port``, what verl passes a custom reward function for its reward-model
-        router) fills an empty ``base_url`` with ``http://<address>/v1``: a local judge served by verl.
-        """
-        data = plain(data)
-        if not isinstance(data, Mapping):
-            raise JudgeConfigError(f"{CONFIG_KEY}: expected a mapping, got {type(data).__name__}")
-        data = dict(data)
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise JudgeConfigError(f"{CONFIG_KEY}: unknown keys {unknown}; known: {sorted(known)}")
-        if not data.get("base_url") and reward_router_address:
-            data["base_url"] = f"http://{reward_router_address}/v1"
-        for key in ("base_url", "model"):
-            if not data.get(key):
-                raise JudgeConfigError(f"{CONFIG_KEY}.{key}: is required")
-        for name, value in list(data.items()):
-            default = known[name].default
-            if value is None or not isinstance(default, (int, float)):
-                continue
-            try:  # YAML/CLI overrides may hand numbers over as strings
-                data[name] = type(default)(value)
-            except (TypeError, ValueError) as exc:
-                expected = type(default).__name__
-                raise JudgeConfigError(f"{CONFIG_KEY}.{name}: expected {expected}, got {value!r}") from exc
-        if data.get("extra_body") is None:
-            data.pop("extra_body", None)
-        return cls(**data)
-
-
-
-
-def resolve_http(config: JudgeConfig) -> Literal["openai", "aiohttp"]:
-    """The HTTP path ``config.http`` stands for (``auto``: the SDK for ``https://`` and Azure, else aiohttp)."""
-    if config.http != "auto":
-        return config.http
-    if config.azure_api_version or urlsplit(config.base_url).scheme == "https":
-        return "openai"
-    return "aiohttp"
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _public_url(url: str) -> str:
-    """``scheme://host[:port]`` — no user info, path or query, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-def _read_api_key(config: JudgeConfig) -> str:
-    """The key from ``config.api_key_env``; a placeholder where none is needed; else a clear error (no value shown)."""
-    name = config.api_key_env
-    value = os.environ.get(name, "") if name else ""
-    if value:
-        return value
-    if not name or _is_loopback(config.base_url):
-        return PLACEHOLDER_API_KEY
-    raise JudgeConfigError(
-        f"{CONFIG_KEY}.api_key_env: the environment variable {name} is not set, and the judge at "
-        f"{_public_url(config.base_url)} is not on loopback. Export {name}, or point {CONFIG_KEY}.api_key_env at the "
-        f"variable that holds the key (null if the endpoint needs none)."
-    )
-
-
-# ====================================================================================================================
 # Verdicts and statistics
 # ====================================================================================================================
 
@@ -852,7 +441,7 @@ class JudgeClient:
         elif self._loop is not loop:
             raise RuntimeError(
                 "this JudgeClient belongs to another event loop (an HTTP client cannot cross loops); "
-                "get one per loop with visionr3.reward.judge.judge_client(config)"
+                "get one per loop with visionr3.reward.judge.client.judge_client(config)"
             )
 
     def _key(self, messages: list[dict[str, str]]) -> bytes:
