@@ -34,7 +34,7 @@ torch, ray, omegaconf and transformers — have been imported). So it must not i
      ``bbox_json``), so stock ``ToolAgentLoop`` with ``multi_turn.format=visionr3_hermes`` works in every agent-loop
      worker. (Importing it eagerly here works too — no import cycle, checked — but costs ~1 s per process, as it
      pulls in verl's whole agent-loop package.)
-   - ``verl.workers.rollout`` -> ``visionr3.platform.hf_rollout`` (rollout ``"hf"``: the replica, used by the
+   - ``verl.workers.rollout`` -> ``visionr3.rollout.hf.registry`` (rollout ``"hf"``: the replica, used by the
      TaskRunner, and the weight-sync adapter, used by every trainer worker).
    - ``verl.trainer.ppo.v1`` -> ``visionr3.trainer`` (``trainer.v1.trainer_mode=visionr3_sync``).
 
@@ -52,7 +52,7 @@ from visionr3.platform import cpu as _cpu
 DEFERRED_IMPORTS: dict[str, tuple[str, ...]] = {
     # verl package (imported completely first) -> visionr3 modules that register themselves with it on import
     "verl.experimental.agent_loop": ("visionr3.agent.parsers",),
-    "verl.workers.rollout": ("visionr3.platform.hf_rollout",),
+    "verl.workers.rollout": ("visionr3.rollout.hf.registry",),
     "verl.trainer.ppo.v1": ("visionr3.trainer",),
 }
 

@@ -34,7 +34,7 @@ row's source image and find its pixels in the batch the actor trained on.
 on): after verl's every weight sync (the one after ``init`` and the one ending each step), the trainer reads the
 actor's full parameters from its FSDP engine (:func:`actor_weight_digests`, one ``__ray_call__`` per trainer worker,
 independent of the sync path) and asks each replica's server for the digest of the weight each name loads into
-(:meth:`~visionr3.platform.hf_rollout.HFServer.get_weight_digests`). It logs ``visionr3/weight_sync/match`` (1.0 when
+(:meth:`~visionr3.rollout.hf.server.HFServer.get_weight_digests`). It logs ``visionr3/weight_sync/match`` (1.0 when
 every replica holds exactly the actor's weights), ``mismatched`` (tensors that differ), and 48-bit prefixes of the
 combined ``actor_digest`` / ``replica_digest``; the check after ``init`` is logged with step 1 as
 ``visionr3/weight_sync/initial_*``. A stale replica logs ``match`` 0.0 and a warning naming the tensors. It costs two
@@ -91,14 +91,14 @@ def first_prompt_image(prompt: Sequence[Mapping[str, Any]] | None) -> Any:
 
 def batch_image_summary(multi_modal_inputs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Per image of one trajectory, what verl's batch holds for it: ``grid_thw`` and the ``sha256`` (dtype, shape and
-    bytes: :func:`~visionr3.platform.hf_rollout.tensor_digest`), ``mean`` and ``std`` of its rows of
+    bytes: :func:`~visionr3.rollout.hf.digests.tensor_digest`), ``mean`` and ``std`` of its rows of
     ``pixel_values`` (images are consecutive, ``t*h*w`` patch rows each, in ``image_grid_thw`` order)."""
     if not isinstance(multi_modal_inputs, Mapping):
         return []
     grid, pixels = multi_modal_inputs.get("image_grid_thw"), multi_modal_inputs.get("pixel_values")
     if grid is None or pixels is None:
         return []
-    from visionr3.platform.hf_rollout import tensor_digest
+    from visionr3.rollout.hf.digests import tensor_digest
 
     images, start = [], 0
     for t, h, w in grid.tolist():
@@ -139,7 +139,7 @@ def actor_weight_digests(actor_self: Any, dtype: str | None = None) -> dict[str,
     ``None`` on ranks other than 0 (they iterate too: gathering a DTensor is a collective), and for LoRA adapters."""
     import torch
 
-    from visionr3.platform.hf_rollout import named_tensor_digests
+    from visionr3.rollout.hf.digests import named_tensor_digests
 
     worker = _engine_worker(actor_self)
     params, peft_config = worker.actor.engine.get_per_tensor_param(
@@ -157,7 +157,8 @@ def weight_sync_metrics(actor_wg: Any, replicas: Sequence[Any], prefix: str = "v
 
     import ray
 
-    from visionr3.platform.hf_rollout import HFReplica, replica_weight_report
+    from visionr3.rollout.hf.digests import replica_weight_report
+    from visionr3.rollout.hf.replica import HFReplica
 
     servers = [replica.server_handle for replica in replicas if isinstance(replica, HFReplica)]
     if not servers:
@@ -248,7 +249,7 @@ def _register() -> None:
         # ---- weight-sync check (after verl's syncs: on_init_end, on_step_end) ----------------------------------
 
         def _visionr3_check_weights(self, prefix: str) -> None:
-            from visionr3.platform.hf_rollout import ROLLOUT_NAME, _engine_options
+            from visionr3.rollout.hf.config import ROLLOUT_NAME, _engine_options
 
             rollout = self.config.actor_rollout_ref.rollout
             if rollout.name != ROLLOUT_NAME or not _engine_options(rollout).get("verify_weight_sync", True):

@@ -303,7 +303,7 @@ class BatchImageOracle:
         from verl.tools.tool_registry import initialize_tools_from_config
 
         from visionr3.config import config_path
-        from visionr3.platform.hf_rollout import tensor_digest
+        from visionr3.rollout.hf.digests import tensor_digest
         from visionr3.processing import fetch_image, seen_size
         from visionr3.tools.geometry import downsampled_size
         from visionr3.tools.image_tools import call_tool

@@ -1,6 +1,6 @@
 """The OpenAI backend against a real OpenAI-compatible server: our hf server's chat endpoint, over loopback HTTP.
 
-An :class:`~visionr3.platform.hf_rollout.HFServer` for the tiny Qwen2.5-VL (random weights, real Qwen vocabulary and
+An :class:`~visionr3.rollout.hf.server.HFServer` for the tiny Qwen2.5-VL (random weights, real Qwen vocabulary and
 chat template) runs in this process on an event loop of its own thread, serving uvicorn on its node address; the
 ``openai`` SDK and :class:`~visionr3.eval.openai_backend.OpenAIChatClient` talk to it over HTTP from the tests' loop.
 Its text is gibberish, so every check compares two paths through the same weights: the chat endpoint (text + images
@@ -177,7 +177,7 @@ async def test_image_chat_through_the_sdk_is_deterministic_at_temperature_0(serv
 def test_the_server_renders_the_backends_messages_back_to_verls_prompt_ids(served, processor, tokenizer, case):
     """No HTTP: the messages the client builds, rendered and expanded by the endpoint's code, are verl's ids — up to
     the tokeniser's own split of the text, which differs from verl's ids in the inline-crop case only."""
-    from visionr3.platform.hf_rollout import chat_request
+    from visionr3.rollout.hf.openai_http import chat_request
 
     prompt_ids, images = prompt_case(processor, case)
     decoded = tokenizer.decode(prompt_ids, skip_special_tokens=False)

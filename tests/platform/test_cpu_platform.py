@@ -154,7 +154,8 @@ PLUGIN_IS_LIGHT_AND_DEFERS = """
     from omegaconf import OmegaConf
 
     heavy = ("verl.workers.engine", "verl.experimental.agent_loop", "verl.workers.rollout", "verl.trainer.ppo.v1",
-             "visionr3.agent.parsers", "visionr3.platform.hf_rollout", "visionr3.trainer")
+             "visionr3.agent.parsers", "visionr3.rollout.hf.registry", "visionr3.rollout.hf.replica",
+             "visionr3.rollout.hf.adapter", "visionr3.rollout.hf.server", "visionr3.trainer")
     after_verl = {
         "plugin_loaded": "visionr3.plugin" in sys.modules,
         "platform_undecided": manager._current_platform is None,  # the plug-in must not fix it
@@ -182,7 +183,7 @@ def test_plugin_import_is_light_and_registrations_follow_verls_imports():
     assert out["heavy_loaded"] == []
     assert out["trainer"] == "VisionR3SyncTrainer"
     assert out["parsers"] == ["bbox_json", "visionr3_hermes"]
-    assert out["hf_adapter"] == "visionr3.platform.hf_rollout.HFServerAdapter" and out["hf_replica"] == "HFReplica"
+    assert out["hf_adapter"] == "visionr3.rollout.hf.adapter.HFServerAdapter" and out["hf_replica"] == "HFReplica"
 
 
 GPU_MACHINE = """

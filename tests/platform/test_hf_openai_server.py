@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP endpoint of the hf rollout server, spoken to by the official ``openai`` SDK.
 
-A standalone :class:`~visionr3.platform.hf_rollout.HFReplica` (``init_standalone``, the way verl starts a GenRM judge
+A standalone :class:`~visionr3.rollout.hf.replica.HFReplica` (``init_standalone``, the way verl starts a GenRM judge
 without a resource pool) serves the tiny text-only Qwen3 judge (``tiny_model_dir("qwen3")``) on the shared session
 Ray; every request goes over real HTTP to ``replica.server_address``. The judge's weights are random, so its text is
 gibberish: tests compare the endpoint with itself and with the actor's token-in/token-out ``generate``, never with
@@ -45,7 +45,7 @@ def replica(ray_cluster, judge_dir):
     """The judge as verl's ``RewardModelManager`` starts it without a pool: ``HFModelConfig`` + ``init_standalone``."""
     from verl.workers.config import HFModelConfig
 
-    from visionr3.platform.hf_rollout import HFReplica
+    from visionr3.rollout.hf.replica import HFReplica
     from visionr3.testing.agent_harness import compose_verl_config
 
     config = compose_verl_config(
@@ -226,13 +226,13 @@ async def test_sdk_raises_bad_request_for_images(client):
     ],
 )
 def test_chat_request_sampling_params(extra, expected):
-    from visionr3.platform.hf_rollout import chat_request
+    from visionr3.rollout.hf.openai_http import chat_request
 
     assert dict(chat_request({"messages": MESSAGES, **extra}).sampling_params) == expected
 
 
 def test_chat_request_flattens_text_parts_and_lists_ignored_fields():
-    from visionr3.platform.hf_rollout import chat_request
+    from visionr3.rollout.hf.openai_http import chat_request
 
     chat = chat_request(
         {
@@ -257,6 +257,6 @@ def test_chat_request_flattens_text_parts_and_lists_ignored_fields():
     ],
 )
 def test_truncate_at_stop(text, stop, include, expected):
-    from visionr3.platform.hf_rollout import truncate_at_stop
+    from visionr3.rollout.hf.openai_http import truncate_at_stop
 
     assert truncate_at_stop(text, stop, include) == expected

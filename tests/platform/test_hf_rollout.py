@@ -1,4 +1,4 @@
-"""The HF-transformers rollout backend (``visionr3.platform.hf_rollout``) against verl 0.9.1's real machinery.
+"""The HF-transformers rollout backend (``visionr3.rollout.hf``) against verl 0.9.1's real machinery.
 
 The session's shared Ray (``ray_cluster``, ``tests/conftest.py``) and one *hybrid* replica serve the module, built
 the way verl's trainer builds it: ``LLMServerManager.create(config, worker_group=...)`` with ``rollout.name=hf`` →
@@ -105,7 +105,7 @@ class FakeTrainerWorker:
         from omegaconf import OmegaConf
         from transformers import AutoModelForImageTextToText
 
-        import visionr3.platform.hf_rollout  # noqa: F401  (the visionr3 plug-in does this in real workers)
+        import visionr3.rollout.hf.registry  # noqa: F401  (the visionr3 plug-in does this in real workers)
         from verl.workers.rollout.base import get_rollout_class
 
         rollout_cls = get_rollout_class(rollout_config.name, rollout_config.mode)  # as init_model does
@@ -127,14 +127,14 @@ class FakeTrainerWorker:
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     def digests(self) -> dict:
-        from visionr3.platform.hf_rollout import tensor_digest
+        from visionr3.rollout.hf.digests import tensor_digest
 
         return {k: tensor_digest(v) for k, v in self.model.state_dict().items()}
 
     def sync_digests(self, dtype=None) -> dict:
         """What the trainer's weight-sync check digests on the actor (``visionr3.trainer.actor_weight_digests`` runs
         the same function over verl's ``get_per_tensor_param``): the weights as the sync sends them."""
-        from visionr3.platform.hf_rollout import named_tensor_digests
+        from visionr3.rollout.hf.digests import named_tensor_digests
 
         return named_tensor_digests(self.model.state_dict().items(), dtype)
 
@@ -165,7 +165,7 @@ def trainer_worker(ray_cluster, model_dir, config, rollout_config):
 @pytest.fixture(scope="module")
 def manager(ray_cluster, config, trainer_worker):
     """verl's own server manager in hybrid mode (what the v1 trainer does), with the fake one-worker group."""
-    import visionr3.platform.hf_rollout  # noqa: F401
+    import visionr3.rollout.hf.registry  # noqa: F401
     from verl.workers.rollout.llm_server import LLMServerManager
 
     worker_group = SimpleNamespace(workers=[trainer_worker], world_size=1)
@@ -222,7 +222,8 @@ def test_hf_is_registered_with_verl():
     from verl.workers.rollout.base import get_rollout_class
     from verl.workers.rollout.replica import get_rollout_replica_class
 
-    from visionr3.platform.hf_rollout import HFReplica, HFServerAdapter
+    from visionr3.rollout.hf.adapter import HFServerAdapter
+    from visionr3.rollout.hf.replica import HFReplica
 
     assert get_rollout_replica_class("hf") is HFReplica
     assert get_rollout_class("hf", "async") is HFServerAdapter
@@ -250,7 +251,7 @@ def test_hybrid_replica_is_launched_like_verls_trainer_does(manager, replica, se
 def test_standalone_replica(ray_cluster, config, processor):
     from verl.workers.rollout.replica import RolloutMode
 
-    from visionr3.platform.hf_rollout import HFReplica
+    from visionr3.rollout.hf.replica import HFReplica
 
     replica = HFReplica(
         replica_rank=0, config=config.actor_rollout_ref.rollout, model_config=config.actor_rollout_ref.model,
@@ -501,7 +502,7 @@ def test_agent_loop_worker_with_image(config, manager):
 
 
 def test_weight_update_through_the_adapter_in_a_trainer_worker(server, trainer_worker, model_dir, tokenizer):
-    from visionr3.platform.hf_rollout import tensor_digest
+    from visionr3.rollout.hf.digests import tensor_digest
 
     prompt = tokenizer.encode("Weights", add_special_tokens=False)
     original = ray.get(server.get_state_dict_digest.remote())
@@ -528,7 +529,7 @@ def test_weight_update_through_the_adapter_in_a_trainer_worker(server, trainer_w
 def test_weight_sync_check_reports_a_stale_replica(server, trainer_worker, model_dir):
     """The trainer's check after every sync (``visionr3/weight_sync/match``): the actor's weights against what the
     replica holds. An update the replica never received is a mismatch naming the tensor; the sync repairs it."""
-    from visionr3.platform.hf_rollout import replica_weight_report
+    from visionr3.rollout.hf.digests import replica_weight_report
 
     dtype = ray.get(server.get_info.remote())["dtype"]
     synced = replica_weight_report(ray.get(trainer_worker.sync_digests.remote(dtype)), [server])
@@ -560,7 +561,7 @@ def _counting(items, consumed):
 def test_adapter_refuses_unknown_and_missing_weights(server, config, rollout_config, local_model, monkeypatch):
     """The adapter in this process (RANK unset → rank 0): a bad sync raises with the names, loads nothing of the bad
     bucket, and still drains the generator (other ranks would be inside FSDP collectives)."""
-    from visionr3.platform.hf_rollout import HFServerAdapter
+    from visionr3.rollout.hf.adapter import HFServerAdapter
 
     monkeypatch.delenv("RANK", raising=False)
     adapter = HFServerAdapter(config=rollout_config, model_config=config.actor_rollout_ref.model, device_mesh=None)
@@ -599,7 +600,7 @@ def test_non_leader_rank_drains_without_sending(server, config, monkeypatch):
 
     from verl.utils.config import omega_conf_to_dataclass
 
-    from visionr3.platform.hf_rollout import HFServerAdapter
+    from visionr3.rollout.hf.adapter import HFServerAdapter
 
     rollout = copy.deepcopy(OmegaConf.to_container(config.actor_rollout_ref.rollout, resolve=True))
     rollout["tensor_model_parallel_size"] = 2
@@ -625,7 +626,7 @@ def test_qwen3_vl_in_process(rollout_config):
     """Qwen3-VL (deepstack, 16-pixel patches): image generation and raw log-probs equal a full forward pass."""
     from transformers import AutoModelForImageTextToText
 
-    from visionr3.platform.hf_rollout import HFServer
+    from visionr3.rollout.hf.server import HFServer
     from visionr3.testing.tiny_model import tiny_model_dir
 
     qwen3 = tiny_model_dir("qwen3_vl")

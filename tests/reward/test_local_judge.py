@@ -1,7 +1,7 @@
 """verl's GenRM path with a local judge served by the hf rollout: ``reward.reward_model.rollout.name=hf`` on CPU.
 
 What runs is verl 0.9.1's own code: ``RewardLoopManager`` (composed ``ppo_trainer`` config) builds a
-``RewardModelManager``, which starts :class:`~visionr3.platform.hf_rollout.HFReplica` judges with
+``RewardModelManager``, which starts :class:`~visionr3.rollout.hf.replica.HFReplica` judges with
 ``is_reward_model=True`` and puts verl's naive FastAPI router in front of their ``server_address``; a
 ``RewardLoopWorker`` Ray actor runs the custom reward function (``tests/reward/local_judge_fn.py``), which POSTs an
 OpenAI chat request to ``http://{reward_router_address}/v1/chat/completions`` with the ``openai`` SDK. The three ways
@@ -144,7 +144,7 @@ def test_custom_reward_function_reaches_the_local_judge_through_verls_router(ray
     from verl.experimental.reward_loop import RewardLoopManager
     from verl.workers.rollout.replica import RolloutMode
 
-    import visionr3.platform.hf_rollout  # noqa: F401  (registers "hf"; the visionr3 plug-in does it in a real run)
+    import visionr3.rollout.hf.registry  # noqa: F401  (registers "hf"; the visionr3 plug-in does it in a real run)
     from visionr3.testing.agent_harness import compose_verl_config
 
     config = compose_verl_config(

@@ -4,7 +4,7 @@ verl's agent loops reach the model only through ``await client.generate(request_
 sampling_params=..., image_data=...) -> TokenOutput`` (token-in/token-out). Training puts verl's rollout replicas
 behind that call; evaluation puts one of these, in the evaluating process:
 
-* ``hf`` — :class:`visionr3.platform.hf_rollout.HFServer` constructed in-process (the same class the CPU trainer
+* ``hf`` — :class:`visionr3.rollout.hf.server.HFServer` constructed in-process (the same class the CPU trainer
   rolls out with; transformers ``generate``, CPU or one GPU);
 * ``vllm`` — :class:`VLLMEngineClient`, vLLM's ``AsyncLLM`` engine in-process (GPU), called exactly as verl's
   ``vLLMHttpServer.generate`` calls it (``TokensPrompt`` with the expanded image pads de-duplicated, the images as
@@ -67,7 +67,7 @@ class SeededClient:
 
 def hf_client(rollout_config: Any, model_path: str):
     """An in-process :class:`HFServer` for ``model_path`` (device ``auto``: CUDA when available)."""
-    from visionr3.platform.hf_rollout import HFServer
+    from visionr3.rollout.hf.server import HFServer
 
     return HFServer(rollout_config, model_path)
 

@@ -3,7 +3,7 @@
 - :mod:`visionr3.platform.cpu` — ``PlatformCPU`` for verl's ``PlatformRegistry`` (device ``"cpu"``, backend gloo,
   logical Ray ``"GPU"``s) and every CPU workaround verl 0.9.1 needs, each documented where it lives. Nothing in it acts
   unless the CPU platform is selected (``VERL_PLATFORM=cpu``, or auto-detected on a host with no accelerator at all).
-- :mod:`visionr3.platform.hf_rollout` — the HF-transformers rollout (``rollout.name=hf``).
+- The HF-transformers rollout (``rollout.name=hf``) lives in :mod:`visionr3.rollout.hf`.
 - :func:`after_import` (here) — a one-shot post-import hook, used to register things with verl's registries only when
   (and as soon as) verl itself imports the module holding the registry, so the plug-in stays cheap.
 - :func:`free_port` (here) — a free loopback port, for the ``MASTER_PORT`` of a gloo world on one host (and the

@@ -1,4 +1,4 @@
-"""An in-process :class:`~visionr3.platform.hf_rollout.HFServer` serving its OpenAI-compatible HTTP endpoint from a
+"""An in-process :class:`~visionr3.rollout.hf.server.HFServer` serving its OpenAI-compatible HTTP endpoint from a
 daemon thread's event loop: a real ``vllm serve``-like server on this machine for tests of HTTP clients (the eval
 ``openai`` backend), without Ray.
 
@@ -17,7 +17,7 @@ class ServedHF:
     """An HFServer whose event loop runs in a daemon thread; ``call`` runs one of its coroutines there."""
 
     def __init__(self, model_dir: Any, *, prompt_length: int = 4096, response_length: int = 64, temperature: float = 1.0) -> None:
-        from visionr3.platform.hf_rollout import HFServer
+        from visionr3.rollout.hf.server import HFServer
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="hf-server-loop", daemon=True)

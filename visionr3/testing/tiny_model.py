@@ -9,7 +9,7 @@ processor and generation configs, and a tool-capable chat template — that ``Au
 ``AutoModelForImageTextToText`` and verl's ``hf_tokenizer``/``hf_processor`` load like a real one, with no network.
 
 ``qwen3`` is the text-only *judge* (:data:`TEXT_ARCHS`): a ``Qwen3ForCausalLM`` for the local LLM-judge path (verl's
-GenRM, served by :mod:`visionr3.platform.hf_rollout`), loaded by ``AutoModelForCausalLM``/``AutoTokenizer``, with the
+GenRM, served by :mod:`visionr3.rollout.hf`), loaded by ``AutoModelForCausalLM``/``AutoTokenizer``, with the
 real Qwen3 chat template that ships with the tokenizer (``enable_thinking=False`` pre-fills an empty
 ``<think></think>`` block). Its random weights make verdicts meaningless: it proves the serving path, not a score.
 
