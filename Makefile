@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml constraints.txt $(LOCK)
 		$(PIP) uninstall --quiet --yes torchcodec 2>/dev/null || true; fi
 	@# Where torchvision cannot load, every process needs visionr3.processing.prepare_runtime() before building a
 	@# Qwen-VL processor; this writes a .pth hook that runs it right after `import transformers` (no-op on GPU).
-	$(VENV)/bin/python -c "from visionr3.transformers_hook import write_pth_file; print(write_pth_file())"
+	$(VENV)/bin/python -c "from visionr3.platform.transformers_hook import write_pth_file; print(write_pth_file())"
 	$(VENV)/bin/python -c "import visionr3, verl; print('visionr3', visionr3.__version__, 'on verl', verl.__version__)"
 	$(if $(filter requirements.lock,$(LOCK)),$(VENV)/bin/python tools/venv_lock.py check $(LOCK))
 	touch $(STAMP)

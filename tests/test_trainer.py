@@ -1,4 +1,4 @@
-"""The pure parts of trainer mode ``visionr3_sync`` (visionr3/trainer.py) and the weight digests it compares: what the
+"""The pure parts of trainer mode ``visionr3_sync`` (visionr3/train/trainer.py) and the weight digests it compares: what the
 rollout dump records of the batch's images, and how the weight-sync check decides. The trainer wiring itself runs in
 tests/e2e (every run logs the check; the demo's test ties the logged digest to the saved checkpoint)."""
 
@@ -10,7 +10,7 @@ from PIL import Image
 def test_batch_image_summary_slices_pixel_values_per_image(processor):
     """Each image's entry is what the processor makes of that image alone: the batch concatenates them in order."""
     from visionr3.rollout.hf.digests import tensor_digest
-    from visionr3.trainer import batch_image_summary
+    from visionr3.train.trainer import batch_image_summary
 
     images = [Image.new("RGB", (112, 84), (200, 30, 30)), Image.new("RGB", (56, 56), (30, 30, 200))]
     batch = processor.image_processor(images=images, return_tensors="pt")
@@ -28,7 +28,7 @@ def test_batch_image_summary_slices_pixel_values_per_image(processor):
 
 def test_weight_digests_compare_what_a_replica_holds():
     from visionr3.rollout.hf.digests import combined_digest, named_tensor_digests, weight_mismatches
-    from visionr3.trainer import digest_number
+    from visionr3.train.trainer import digest_number
 
     actor = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.float64), "steps": torch.tensor([3])}
     expected = named_tensor_digests(actor.items(), "float32")

@@ -1,4 +1,4 @@
-"""visionr3.verl_fixes: equal-length Qwen-VL rows, packed by TransferQueue's own packing, go through verl's
+"""visionr3.platform.verl_fixes: equal-length Qwen-VL rows, packed by TransferQueue's own packing, go through verl's
 update_actor data path (maybe_fix_3d_position_ids, then index_select_tensor_dict) — the crash without the fix,
 identical rows with it."""
 
@@ -51,7 +51,7 @@ def test_equal_length_rows_survive_with_the_fix(lengths):
 
 def test_other_layouts_are_left_to_verl():
     from verl.utils import tensordict_utils
-    from visionr3.verl_fixes import _packed_on_rope_dim
+    from visionr3.platform.verl_fixes import _packed_on_rope_dim
 
     varied = batch(rows_of([5, 9]))  # the strided fallback: what verl already handles
     assert not _packed_on_rope_dim(varied["position_ids"])

@@ -21,7 +21,7 @@ torch, ray, omegaconf and transformers — have been imported). So it must not i
    it, arms the hook that registers the FSDP2 engines for device ``"cpu"``. Imports nothing new. Every CPU
    workaround, and why it is needed, is documented in :mod:`visionr3.platform.cpu`.
 2. **Qwen-VL processors without torchvision** — :func:`visionr3.processing.prepare_runtime`, through
-   :func:`visionr3.transformers_hook.install` (immediately, since verl has imported transformers; right after
+   :func:`visionr3.platform.transformers_hook.install` (immediately, since verl has imported transformers; right after
    transformers is imported otherwise). A no-op where torchvision works; ~0.3 s where it installs its stand-ins.
 3. **OmegaConf resolvers** — :func:`visionr3.config.register_resolvers` (``${visionr3.config:...}``,
    ``${visionr3.template:...}``), needed wherever a config is resolved. Cheap.
@@ -36,7 +36,7 @@ torch, ray, omegaconf and transformers — have been imported). So it must not i
      pulls in verl's whole agent-loop package.)
    - ``verl.workers.rollout`` -> ``visionr3.rollout.hf.registry`` (rollout ``"hf"``: the replica, used by the
      TaskRunner, and the weight-sync adapter, used by every trainer worker).
-   - ``verl.trainer.ppo.v1`` -> ``visionr3.trainer`` (``trainer.v1.trainer_mode=visionr3_sync``).
+   - ``verl.trainer.ppo.v1`` -> ``visionr3.train.trainer`` (``trainer.v1.trainer_mode=visionr3_sync``).
 
    Add new registrations there. Agent loops named by ``_target_`` in an agent-loop config file need nothing: verl
    imports them by path.
@@ -53,7 +53,7 @@ DEFERRED_IMPORTS: dict[str, tuple[str, ...]] = {
     # verl package (imported completely first) -> visionr3 modules that register themselves with it on import
     "verl.experimental.agent_loop": ("visionr3.agent.parsers",),
     "verl.workers.rollout": ("visionr3.rollout.hf.registry",),
-    "verl.trainer.ppo.v1": ("visionr3.trainer",),
+    "verl.trainer.ppo.v1": ("visionr3.train.trainer",),
 }
 
 
@@ -69,7 +69,7 @@ def load() -> None:
     """Everything the plug-in does; runs once, when this module is first imported."""
     _cpu.register()
 
-    from visionr3.transformers_hook import install as prepare_processing_runtime
+    from visionr3.platform.transformers_hook import install as prepare_processing_runtime
 
     prepare_processing_runtime()
 
@@ -80,7 +80,7 @@ def load() -> None:
     for verl_package, ours in DEFERRED_IMPORTS.items():
         after_import(verl_package, _importer(ours))
 
-    from visionr3 import verl_fixes
+    from visionr3.platform import verl_fixes
 
     after_import("verl.utils.tensordict_utils", verl_fixes.install)
     after_import("verl.models.transformers.qwen2_vl", verl_fixes.install_text_only_fix)

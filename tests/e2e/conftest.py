@@ -279,7 +279,7 @@ def pytest_sessionfinish(session, exitstatus):
 class BatchImageOracle:
     """What verl's batch must hold for a dumped trajectory's images, re-made here from the dataset row.
 
-    The dump (``batch_images``, visionr3.trainer) records, per image of the trajectory, the ``image_grid_thw`` and a
+    The dump (``batch_images``, visionr3.train.trainer) records, per image of the trajectory, the ``image_grid_thw`` and a
     digest of that image's rows of ``multi_modal_inputs["pixel_values"]`` — what the actor trained on. This re-makes
     the images independently: the row's source image as the dataset resizes it (and the VisionThink loop's
     low-resolution first view), then each valid call of the dumped ``tool_call_log`` re-run through the recipe's

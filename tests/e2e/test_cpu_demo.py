@@ -71,7 +71,7 @@ def test_rollout_uses_the_trained_weights(demo, step_rows, shard):
     """After every weight sync the replica holds exactly the actor's weights (digests the trainer compares), the
     update reached it on every step, and the actor digest it was compared with is the saved checkpoint's."""
     from visionr3.rollout.hf.digests import combined_digest, named_tensor_digests
-    from visionr3.trainer import digest_number
+    from visionr3.train.trainer import digest_number
 
     first, second = step_rows
     assert first["visionr3/weight_sync/initial_match"] == 1.0  # the sync before step 1: the warmed-up policy

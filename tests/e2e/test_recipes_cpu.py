@@ -63,7 +63,7 @@ def test_cpu_variant_runs_one_step_on_synced_weights(recipe, finished):
     for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "training/num_turns/mean",
                 *(f"visionr3/reward/{name}/mean" for name in COMPONENTS[recipe])):
         assert key in step, key
-    # the replica held the actor's weights before the step and after its update (visionr3.trainer's check)
+    # the replica held the actor's weights before the step and after its update (visionr3.train.trainer's check)
     assert step["visionr3/weight_sync/initial_match"] == 1.0 and step["visionr3/weight_sync/match"] == 1.0
     assert step["visionr3/weight_sync/initial_replica_digest"] != step["visionr3/weight_sync/replica_digest"]
     for row in rows:  # the dumped score is what verl trained on; every component was logged per trajectory

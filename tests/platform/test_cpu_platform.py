@@ -155,7 +155,7 @@ PLUGIN_IS_LIGHT_AND_DEFERS = """
 
     heavy = ("verl.workers.engine", "verl.experimental.agent_loop", "verl.workers.rollout", "verl.trainer.ppo.v1",
              "visionr3.agent.parsers", "visionr3.rollout.hf.registry", "visionr3.rollout.hf.replica",
-             "visionr3.rollout.hf.adapter", "visionr3.rollout.hf.server", "visionr3.trainer")
+             "visionr3.rollout.hf.adapter", "visionr3.rollout.hf.server", "visionr3.train.trainer")
     after_verl = {
         "plugin_loaded": "visionr3.plugin" in sys.modules,
         "platform_undecided": manager._current_platform is None,  # the plug-in must not fix it

@@ -132,7 +132,7 @@ class FakeTrainerWorker:
         return {k: tensor_digest(v) for k, v in self.model.state_dict().items()}
 
     def sync_digests(self, dtype=None) -> dict:
-        """What the trainer's weight-sync check digests on the actor (``visionr3.trainer.actor_weight_digests`` runs
+        """What the trainer's weight-sync check digests on the actor (``visionr3.train.trainer.actor_weight_digests`` runs
         the same function over verl's ``get_per_tensor_param``): the weights as the sync sends them."""
         from visionr3.rollout.hf.digests import named_tensor_digests
 

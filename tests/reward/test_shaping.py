@@ -1,5 +1,5 @@
 """Group-level shaping and advantages on constructed groups, against hand-computed values (visionr3.reward.shaping),
-and the trainer's glue that feeds it reward dicts (visionr3.trainer)."""
+and the trainer's glue that feeds it reward dicts (visionr3.train.trainer)."""
 
 import math
 
@@ -15,7 +15,8 @@ from visionr3.reward.shaping import (
     grpo_advantages,
     zero_variance_groups,
 )
-from visionr3.trainer import custom_advantages, reward_rows, shape_scores
+from visionr3.agent.trajectory import reward_rows
+from visionr3.reward.shaping import custom_advantages, shape_scores
 
 PAPER = ApplyRatioConfig(enable=True, variant="paper", theta=0.2, penalty=0.1)
 CODE = ApplyRatioConfig(enable=True, variant="code", theta=0.2, penalty=0.1)

@@ -2,7 +2,7 @@
 
 verl forwards every ``extra_fields`` key unchanged: to the reward function's ``extra_info``
 (:mod:`visionr3.reward.score`, :mod:`visionr3.reward.rules`), to the trainer's TransferQueue ``extra_fields`` column
-(:mod:`visionr3.trainer`: metrics and the rollout dump) and to the eval runner's ``non_tensor_batch``
+(:mod:`visionr3.train.trainer`: metrics and the rollout dump) and to the eval runner's ``non_tensor_batch``
 (:mod:`visionr3.eval.runner`). Writers and readers use the names below, never the strings; the strings are the wire
 format (rollout dumps, eval records and logged metric names carry them) and do not change.
 
@@ -146,7 +146,7 @@ DUMP_IMAGE = "image"
 DUMP_IMAGE_SIZE = "image_size"
 """``[width, height]`` of the prompt image before the display copy was made, or ``None``."""
 DUMP_BATCH_IMAGES = "batch_images"
-"""What verl's batch holds per image (``visionr3.trainer.batch_image_summary``)."""
+"""What verl's batch holds per image (``visionr3.train.trainer.batch_image_summary``)."""
 DUMP_REWARD_SCORE = "reward_score"
 """The reward function's own score, before visionr3's shaping."""
 DUMP_ROW_INDEX = "row_index"
@@ -186,3 +186,12 @@ def dump_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [dump_value(v) for v in value]
     return value
+
+
+def reward_rows(extra_fields: Sequence[Mapping[str, Any] | None]) -> list[dict[str, float]]:
+    """Each trajectory's reward dict (``extra_fields["reward_extra_info"]``), ``{}`` where there is none."""
+    rows = []
+    for row in extra_fields:
+        info = row.get(REWARD_EXTRA_INFO) if isinstance(row, Mapping) else None
+        rows.append(dict(info) if isinstance(info, Mapping) else {})
+    return rows

@@ -19,7 +19,7 @@ positions over the whole sequence. What it does not do, this subclass adds by ov
    alike) under ``data.min_pixels`` / ``data.max_pixels``, and errors that say which turn and how many images.
 3. **Text-only rows mix with image rows.** Every row carries ``multi_modal_inputs`` (empty for text), which verl's
    collator needs (it reads a batch's keys from its first row). The model side of text-only micro-batches needs
-   :func:`visionr3.verl_fixes.install_text_only_fix` for Qwen2.5-VL (applied by the plug-in in every verl process).
+   :func:`visionr3.platform.verl_fixes.install_text_only_fix` for Qwen2.5-VL (applied by the plug-in in every verl process).
 4. **Tool schemas survive parquet, and bad rows are named.** A ``tools`` cell may be a JSON string (what our
    converters write: OpenAI schemas differ in shape from tool to tool, which a parquet struct column cannot hold
    without null-padding every schema) or a list of dicts (verl's own layout). An error in a row is re-raised with the

@@ -26,7 +26,7 @@ What it does, in order:
    the rules (``judge.on_failure: rule``, the default) or marked ``excluded`` (``exclude``: the trainer gives it
    advantage 0 and leaves it out of its group's statistics). It never crashes the step and never becomes a silent 0.
 4. The recipe's formula combines accuracy, format, tool, visual and other terms; every term is returned as its own
-   key (verl logs each as a metric; :mod:`visionr3.trainer` logs them as ``visionr3/reward/<key>/mean``).
+   key (verl logs each as a metric; :mod:`visionr3.train.trainer` logs them as ``visionr3/reward/<key>/mean``).
 
 Secrets: the judge config holds the *name* of the environment variable with the API key, never the key, so nothing
 verl dumps (configs, Ray job metadata, generations) can contain it.

@@ -2,7 +2,7 @@
 
 Some rewards depend on the other rollouts of the same prompt, so they cannot be computed by a per-trajectory reward
 function (verl scores each trajectory as soon as it finishes). visionr3 applies them at the advantage step, through
-its registered trainer mode (:mod:`visionr3.trainer`), where all ``n`` rollouts of every prompt are present:
+its registered trainer mode (:mod:`visionr3.train.trainer`), where all ``n`` rollouts of every prompt are present:
 
 - **VisionThink's apply-ratio penalty** (:func:`apply_ratio_penalties`), in both published forms:
 
@@ -35,9 +35,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from visionr3.agent.trajectory import TOOL_CALLS
 
 ApplyRatioVariant = Literal["paper", "code"]
 ZERO_VARIANCE_STD = 1e-4
@@ -171,3 +173,44 @@ def decoupled_advantages(
     for values in terms.values():
         total += grpo_advantages(uids, values, valid, norm_by_std=norm_by_std, eps=eps)
     return total
+
+
+def shape_scores(
+    uids: Sequence[str], scores: np.ndarray, rewards: Sequence[Mapping[str, Any]], valid: np.ndarray, config: Any
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Scores after the apply-ratio penalty, and its metrics. ``config`` is ``visionr3.shaping`` (or ``None``)."""
+    apply_ratio = ApplyRatioConfig.from_dict((config or {}).get("apply_ratio"))
+    if not apply_ratio.enable:
+        return scores, {}
+    accuracy = [float(r.get("accuracy", 0.0)) for r in rewards]
+    called = [float(r.get(TOOL_CALLS, r.get("tool", 0.0)) or 0.0) > 0 for r in rewards]
+    penalties, ratios = apply_ratio_penalties(uids, accuracy, called, apply_ratio, valid)
+    defined = ratios[~np.isnan(ratios)]
+    metrics = {
+        "visionr3/shaping/apply_ratio_penalty/mean": float(penalties[valid].mean()) if valid.any() else 0.0,
+        "visionr3/shaping/penalised_rate": float((penalties[valid] > 0).mean()) if valid.any() else 0.0,
+        "visionr3/shaping/direct_answer_ratio/mean": float(defined.mean()) if defined.size else float("nan"),
+    }
+    return scores - penalties, metrics
+
+
+def custom_advantages(
+    uids: Sequence[str],
+    scores: np.ndarray,
+    rewards: Sequence[Mapping[str, Any]],
+    valid: np.ndarray,
+    decouple: Mapping[str, float] | None,
+    *,
+    norm_by_std: bool = True,
+) -> np.ndarray:
+    """Per-row scalar advantages with excluded rows left out, decoupled by reward term when asked."""
+    if not decouple:
+        return grpo_advantages(uids, scores, valid, norm_by_std=norm_by_std)
+    terms: dict[str, np.ndarray] = {}
+    rest = scores.astype(np.float64).copy()
+    for name, weight in decouple.items():
+        values = np.array([float(r.get(name, 0.0)) for r in rewards])
+        terms[name] = values
+        rest -= float(weight) * values
+    terms["rest"] = rest
+    return decoupled_advantages(uids, terms, valid, norm_by_std=norm_by_std)

@@ -1,5 +1,5 @@
 """Weight digests: SHA-256 of tensors, so the trainer (and a test) can tell whether a replica holds exactly the
-actor's weights — :func:`replica_weight_report` is the trainer's weight-sync check (see :mod:`visionr3.trainer`)."""
+actor's weights — :func:`replica_weight_report` is the trainer's weight-sync check (see :mod:`visionr3.train.trainer`)."""
 
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ class WeightSyncMixin:
     async def get_weight_digests(self, names: Sequence[str]) -> dict[str, Optional[str]]:
         """``{name: tensor_digest}`` of the weight each sender's name resolves to (the names :meth:`load_weights`
         accepts; ``None``: no such weight), read under the model lock so no sync is half applied. The trainer
-        compares them with the actor's after every weight sync (:func:`weight_mismatches`, ``visionr3.trainer``)."""
+        compares them with the actor's after every weight sync (:func:`weight_mismatches`, ``visionr3.train.trainer``)."""
         async with self._lock:
             state = self.model.state_dict()
             keys = {name: self._resolve_weight_name(name) for name in names}

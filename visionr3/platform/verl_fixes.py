@@ -68,7 +68,7 @@ def install(tensordict_utils: ModuleType) -> None:
 
     fix_3d_position_ids.__visionr3_fix__ = True
     fix_3d_position_ids.__wrapped__ = original
-    fix_3d_position_ids.__doc__ = (original.__doc__ or "") + "\n(visionr3: also repairs equal-length rows; visionr3.verl_fixes)"
+    fix_3d_position_ids.__doc__ = (original.__doc__ or "") + "\n(visionr3: also repairs equal-length rows; visionr3.platform.verl_fixes)"
     tensordict_utils.maybe_fix_3d_position_ids = fix_3d_position_ids
 
 

@@ -44,5 +44,5 @@ def write_pth_file() -> str:
     if torchvision_usable():
         path.unlink(missing_ok=True)
         return f"torchvision loads here: no CPU runtime hook needed ({path} absent)"
-    path.write_text("import visionr3.transformers_hook as _visionr3_hook; _visionr3_hook.install()\n", encoding="utf-8")
+    path.write_text("import visionr3.platform.transformers_hook as _visionr3_hook; _visionr3_hook.install()\n", encoding="utf-8")
     return f"no usable torchvision: installed the CPU runtime hook {path}"
