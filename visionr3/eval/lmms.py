@@ -254,7 +254,8 @@ class VisionR3(lmms):
         super().__init__()
         from visionr3.data.prompts import STYLES
         from visionr3.eval.protocol import EvalProtocol
-        from visionr3.eval.runner import RECIPE_STYLES
+        from visionr3.config import RECIPE_SEARCHPATH, RECIPES, compose, recipe_dir
+        from visionr3.eval.runner import prompt_style as recipe_prompt_style
 
         self.return_mode = str(kwargs.pop("return", "answer"))
         if kwargs:
@@ -264,9 +265,9 @@ class VisionR3(lmms):
             )
         if self.return_mode not in RETURN_MODES:
             raise ValueError(f"--model_args return={self.return_mode!r}: expected one of {', '.join(RETURN_MODES)}")
-        if recipe not in RECIPE_STYLES:
-            raise ValueError(f"--model_args recipe={recipe!r}: expected one of {', '.join(sorted(RECIPE_STYLES))}")
-        style = prompt_style or RECIPE_STYLES[recipe]
+        if recipe not in RECIPES:
+            raise ValueError(f"--model_args recipe={recipe!r}: expected one of {', '.join(sorted(RECIPES))}")
+        style = prompt_style or recipe_prompt_style(compose(recipe_dir(recipe), str(config_name), [RECIPE_SEARCHPATH]))
         if style not in STYLES:
             raise ValueError(f"--model_args prompt_style={style!r}: expected one of {', '.join(sorted(STYLES))}")
         if records is not None and not str(records).endswith(".jsonl"):

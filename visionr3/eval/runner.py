@@ -50,9 +50,6 @@ from visionr3.eval.records import RecordWriter, SampleRecord, ToolCall, Turn, re
 
 logger = logging.getLogger(__name__)
 
-# recipe -> the prompt style (visionr3.data.prompts.STYLES) its multiple-choice questions are asked in
-RECIPE_STYLES = {"zoom": "zoom", "vlm_r3": "vlm_r3", "visionthink": "visionthink", "vision_sr1": "vision_sr1"}
-
 DISPLAY_MAX_SIDE = 1024  # saved display copies of images (boxes stay in source pixels)
 
 _VISION_RUN = re.compile(r"<\|vision_start\|>(?:<\|image_pad\|>|<\|video_pad\|>)*<\|vision_end\|>")
@@ -122,6 +119,19 @@ def compose_recipe(settings: EvalSettings):
         overrides.append(f"data.max_pixels={p.max_pixels}")
     overrides += list(settings.overrides)
     return compose(recipe_dir(p.recipe), settings.config_name, overrides)
+
+
+def prompt_style(config: Any) -> str:
+    """The question wording a composed recipe config declares (``visionr3.prompt_style``): multiple-choice rows are
+    asked again in it, as the recipe's training rows were."""
+    from omegaconf import OmegaConf
+
+    from visionr3.data.prompts import STYLES
+
+    style = OmegaConf.select(config, "visionr3.prompt_style")
+    if style not in STYLES:
+        raise EvalError(f"visionr3.prompt_style={style!r} in the recipe's config: expected one of {', '.join(sorted(STYLES))}")
+    return str(style)
 
 
 def _load_yaml(path: str | os.PathLike) -> Any:
@@ -257,6 +267,7 @@ class Evaluator:
         config = compose_recipe(settings)
         self.protocol, config = resolve_protocol(config, settings)
         self.config = config
+        self.prompt_style = prompt_style(config)
         self.judge = judge_settings(config, self.protocol.scoring)
         self.recipe_reward = str(OmegaConf.select(config, "visionr3.reward.recipe") or "visionr3")
         self.reward_params = OmegaConf.to_container(config.visionr3.reward.params, resolve=True) if "visionr3" in config else {}
@@ -351,7 +362,7 @@ class Evaluator:
             "extra": {k: info[k] for k in ("pair_id", "type", "source_dataset", "cycle_category") if k in info},
         }
         if "options" in info and info.get("options") is not None and "question_stem" in info:
-            style = RECIPE_STYLES.get(self.protocol.recipe, str(info.get("prompt_style")))
+            style = self.prompt_style
             try:
                 shown = shuffle_row(
                     prompt, {**info, "prompt_style": style}, seed=self.protocol.shuffle_seed, sample_id=sample_id,
@@ -581,4 +592,4 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total + initial, initial=initial, desc="eval", unit="sample", disable=not enabled, dynamic_ncols=True)
 
 
-__all__ = ["EvalError", "EvalSettings", "Evaluator", "clean_turn_text", "compose_recipe", "resolve_protocol"]
+__all__ = ["EvalError", "EvalSettings", "Evaluator", "clean_turn_text", "compose_recipe", "prompt_style", "resolve_protocol"]
