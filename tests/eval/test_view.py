@@ -28,14 +28,13 @@ from PIL import Image
 from visionr3 import cli
 from visionr3.eval.protocol import EvalProtocol
 from visionr3.eval.records import RecordWriter, SampleRecord, ToolCall, Turn, sample_key
+from visionr3.eval.cards import ViewError, load_cards
 from visionr3.eval.view import (
     MAX_SIDE,
-    ViewError,
     box_rect,
     build_report,
     configure,
     embed_image,
-    load_cards,
     run,
     write_report,
 )
