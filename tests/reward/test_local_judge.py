@@ -134,7 +134,7 @@ def model_dirs():
     [
         "colocated",
         "own_pool",
-        # init_standalone is also proven by tests/platform/test_hf_openai_server.py; here it only adds verl's world
+        # init_standalone is also proven by tests/rollout/test_hf_openai_server.py; here it only adds verl's world
         # size from reward.reward_model.{n_gpus_per_node,nnodes} — not worth ~30 s in the default run.
         pytest.param("standalone", marks=pytest.mark.slow),
     ],

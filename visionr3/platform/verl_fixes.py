@@ -22,7 +22,7 @@ split_sizes to sum exactly to L … got [4, 4, …]``. A random or fully truncat
 sum is the values' first dimension) and rebuilds the rows as the ``(4, L)`` nested tensor, ragged on ``L``, that verl
 expects, then runs verl's own function. It replaces ``verl.utils.tensordict_utils.maybe_fix_3d_position_ids`` right
 after that module is imported, before ``verl.workers.engine_workers`` / ``verl.workers.engine.base`` import it by name.
-Any other tensor goes through verl's function untouched. tests/test_verl_fixes.py reproduces the crash with verl's own
+Any other tensor goes through verl's function untouched. tests/platform/test_verl_fixes.py reproduces the crash with verl's own
 functions and shows the fix; NOTE.md has the history.
 """
 
@@ -80,7 +80,7 @@ def install_text_only_fix(qwen2_vl: ModuleType) -> None:
     adds ``0.0 * image_embeds.mean()``. Under transformers 5 the tower returns a ``BaseModelOutputWithPooling``, which
     has no ``mean`` (``AttributeError``); verl unpacks it everywhere else (``unpack_visual_output``, as its own
     ``qwen3_vl.py`` does in the same branch). The wrapper makes the tower return the unpacked embeddings for exactly
-    that call, and leaves every other call to verl's function. Found by the cold-start SFT tests (tests/sft/).
+    that call, and leaves every other call to verl's function. Found by the cold-start SFT tests (tests/train/).
     """
     from verl.utils.transformers_compat import unpack_visual_output
 

@@ -29,7 +29,7 @@ from visionr3.cluster import jobs
 from visionr3.cli import main as cli_main
 from visionr3.platform import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARKER = "VISIONR3_TEST_RAY_HEAD"
 FORGET = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 

@@ -21,7 +21,7 @@ import pytest
 from visionr3.cluster.merge import MergeError, merge_checkpoint, resolve_actor_dir, resolve_chat_template
 from visionr3.platform import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Qwen2.5-VL-Instruct's stock template (images and video, no `tools`): what a run without our template saves.
 QWEN25_VL_STOCK_TEMPLATE = (
