@@ -39,7 +39,7 @@ def test_recipe_x_cluster_composes_and_validates(recipe, cluster):
     # the preset sets resources only: the recipe's algorithm survives it
     recipe_only = compose(recipe, [*DATA, *(API if recipe in JUDGED else [])])
     for key in ("data.train_batch_size", "actor_rollout_ref.rollout.n", "actor_rollout_ref.actor.optim.lr",
-                "actor_rollout_ref.actor.ppo_mini_batch_size", "visionr3.reward.recipe", "data.max_response_length"):
+                "actor_rollout_ref.actor.ppo_mini_batch_size", "visionr3.reward.formula", "data.max_response_length"):
         assert OmegaConf.select(config, key) == OmegaConf.select(recipe_only, key), key
 
 
@@ -64,7 +64,7 @@ def test_cpu_variant_composes_and_validates(recipe):
     assert config.trainer.total_training_steps == 1
     # the CPU variant is the recipe, scaled down: same reward, agent loop and tools
     full = compose(recipe, [*DATA, *(API if recipe in JUDGED else [])])
-    for key in ("visionr3.reward.recipe", "visionr3.reward.judge.use", "visionr3.reward.judge.prompt",
+    for key in ("visionr3.reward.formula", "visionr3.reward.judge.use", "visionr3.reward.judge.prompt",
                 "visionr3.shaping", "visionr3.advantage", "actor_rollout_ref.rollout.agent.default_agent_loop",
                 "actor_rollout_ref.rollout.multi_turn.tool_config_path"):
         assert OmegaConf.select(config, key) == OmegaConf.select(full, key), key
@@ -77,9 +77,9 @@ EXPECTED = {  # the recipe's defining settings (papers.md), so an edit that lose
     "vlm_r3": {"actor_rollout_ref.rollout.agent.default_agent_loop": "visionr3_vlm_r3", "actor_rollout_ref.rollout.n": 5,
                "actor_rollout_ref.actor.use_kl_loss": False, "visionr3.reward.judge.prompt": "vlm_r3"},
     "vision_sr1": {"actor_rollout_ref.rollout.agent.default_agent_loop": "visionr3_vision_sr1",
-                   "actor_rollout_ref.rollout.n": 8, "visionr3.reward.recipe": "vision_sr1",
+                   "actor_rollout_ref.rollout.n": 8, "visionr3.reward.formula": "vision_sr1",
                    "visionr3.reward.judge.use": "never"},
-    "zoom": {"actor_rollout_ref.rollout.agent.default_agent_loop": "visionr3_agent", "visionr3.reward.recipe": "deepeyes",
+    "zoom": {"actor_rollout_ref.rollout.agent.default_agent_loop": "visionr3_agent", "visionr3.reward.formula": "deepeyes",
              "actor_rollout_ref.rollout.multi_turn.max_assistant_turns": 5, "actor_rollout_ref.actor.use_kl_loss": False},
 }
 

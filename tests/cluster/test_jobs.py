@@ -204,7 +204,7 @@ def test_submit_waits_for_a_recipe_job_and_returns_its_outcome(ray_head):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # composed inside the job (Hydra's --cfg job prints it): the recipe and its CPU variant
-    assert "recipe: deepeyes" in done.stdout and "model: stub-judge" in done.stdout
+    assert "formula: deepeyes" in done.stdout and "model: stub-judge" in done.stdout
     assert f"job {job} SUCCEEDED" in done.stderr
     assert ray_head.client().get_job_info(job).metadata["visionr3_recipe"] == "zoom"
 

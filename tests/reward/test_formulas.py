@@ -1,4 +1,4 @@
-"""Each recipe's formula as a table of (trajectory, accuracy, params) -> (score, components), plus the recipe API."""
+"""Each reward formula as a table of (trajectory, accuracy, params) -> (score, components), plus the formula API."""
 
 import math
 import time
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionr3.reward.formulas import RECIPES, get_recipe, vlm_r3_min_segment_chars, vlm_r3_unique_boxes
+from visionr3.reward.formulas import FORMULAS, get_formula, vlm_r3_min_segment_chars, vlm_r3_unique_boxes
 from visionr3.reward.grade import Grade
 from visionr3.reward.types import RewardInput
 
@@ -216,16 +216,16 @@ CASES = [
     ("mini_o3", inp(VT_ANSWER, tool_images=3), 1.0, None, 1.0, {"accuracy": 1}),
     ("mini_o3", inp("garbage"), 0.0, None, 0.0, {"accuracy": 0}),
     # --- visionr3 (the CPU demo): acc + 0.1·[an <answer> exists] ------------------------------------------------------
-    ("visionr3", inp("<answer>STOP</answer>"), 1.0, None, 1.1, {"accuracy": 1, "format": 1}),
-    ("visionr3", inp("STOP"), 0.0, None, 0.0, {"accuracy": 0, "format": 0}),
+    ("exact_match_plus_format", inp("<answer>STOP</answer>"), 1.0, None, 1.1, {"accuracy": 1, "format": 1}),
+    ("exact_match_plus_format", inp("STOP"), 0.0, None, 0.0, {"accuracy": 0, "format": 0}),
 ]
 
 
-@pytest.mark.parametrize(("recipe", "trajectory", "accuracy", "params", "score", "components"), CASES)
-def test_recipe_formula(recipe, trajectory, accuracy, params, score, components):
-    result = get_recipe(recipe).combine(trajectory, accuracy, params)
+@pytest.mark.parametrize(("formula", "trajectory", "accuracy", "params", "score", "components"), CASES)
+def test_formula_table(formula, trajectory, accuracy, params, score, components):
+    result = get_formula(formula).combine(trajectory, accuracy, params)
     assert result.score == pytest.approx(score)
-    assert list(result.components) == list(get_recipe(recipe).components)
+    assert list(result.components) == list(get_formula(formula).components)
     for key, value in components.items():
         assert result.components[key] == pytest.approx(value), key
     assert result.accuracy_source == "rule" and not result.excluded
@@ -247,27 +247,28 @@ PREDICTIONS = [
     ("deepeyes", inp("<think>x</think> left"), None),  # the code judged the whole response
     ("mini_o3", inp("<answer>\\boxed{C}</answer>"), "C"),
     ("mini_o3", inp("reasoning\nC"), None),
-    ("visionr3", inp("<answer>a</answer><answer> b </answer>"), "b"),
+    ("exact_match_plus_format", inp("<answer>a</answer><answer> b </answer>"), "b"),
 ]
 
 
-@pytest.mark.parametrize(("recipe", "trajectory", "expected"), PREDICTIONS)
-def test_recipe_prediction(recipe, trajectory, expected):
-    assert get_recipe(recipe).prediction(trajectory) == expected
+@pytest.mark.parametrize(("formula", "trajectory", "expected"), PREDICTIONS)
+def test_formula_prediction(formula, trajectory, expected):
+    assert get_formula(formula).prediction(trajectory) == expected
 
 
 @pytest.mark.parametrize(
-    ("recipe", "trajectory", "expected"),
+    ("formula", "trajectory", "expected"),
     [
-        ("visionr3", inp("<answer> Stop </answer>"), Grade(True, True, "exact")),
-        ("visionr3", inp("<answer>Stop.</answer>"), Grade(False, True, "exact")),  # the demo's plain exact match
-        ("visionthink", inp("<answer>Stop.</answer>"), Grade(True, True, "exact")),  # every other recipe normalises
-        ("visionr3", inp("STOP"), Grade(False, True, "none")),
+        ("exact_match_plus_format", inp("<answer> Stop </answer>"), Grade(True, True, "exact")),
+        # the demo's plain exact match
+        ("exact_match_plus_format", inp("<answer>Stop.</answer>"), Grade(False, True, "exact")),
+        ("visionthink", inp("<answer>Stop.</answer>"), Grade(True, True, "exact")),  # every other formula normalises
+        ("exact_match_plus_format", inp("STOP"), Grade(False, True, "none")),
         ("vision_sr1", inp("<think>x</think>\\boxed{B}", "red car", options=CARS), Grade(True, True, "choice")),
     ],
 )
-def test_recipe_grade(recipe, trajectory, expected):
-    assert get_recipe(recipe).grade(trajectory) == expected
+def test_formula_grade(formula, trajectory, expected):
+    assert get_formula(formula).grade(trajectory) == expected
 
 
 @pytest.mark.parametrize(
@@ -288,9 +289,9 @@ def test_vlm_r3_terms(text, boxes, min_chars):
     assert vlm_r3_min_segment_chars(text) == min_chars
 
 
-# The CPU demo's reward (recipe ``visionr3``): accuracy = the last <answer>…</answer> equals the gold, case and
-# surrounding whitespace ignored; format = there is one; score = accuracy + 0.1·format. (response, gold, accuracy,
-# format) — the numbers the demo has always produced.
+# The CPU demo's reward (formula ``exact_match_plus_format``): accuracy = the last <answer>…</answer> equals the gold,
+# case and surrounding whitespace ignored; format = there is one; score = accuracy + 0.1·format. (response, gold,
+# accuracy, format) — the numbers the demo has always produced.
 DEMO_CASES = [
     ("<answer>red</answer>", "red", 1, 1),
     ("<answer> Red </answer>", "red", 1, 1),
@@ -311,10 +312,10 @@ DEMO_CASES = [
 
 
 @pytest.mark.parametrize(("response", "ground_truth", "accuracy", "has_format"), DEMO_CASES)
-def test_visionr3_recipe_demo_reward(response, ground_truth, accuracy, has_format):
-    recipe = get_recipe("visionr3")
+def test_exact_match_plus_format_demo_reward(response, ground_truth, accuracy, has_format):
+    formula = get_formula("exact_match_plus_format")
     trajectory = inp(response, ground_truth)
-    result = recipe.combine(trajectory, float(recipe.grade(trajectory).correct))
+    result = formula.combine(trajectory, float(formula.grade(trajectory).correct))
     assert result.components == {"accuracy": accuracy, "format": has_format}
     assert result.score == pytest.approx(accuracy + 0.1 * has_format)
 
@@ -326,11 +327,11 @@ def test_visionr3_recipe_demo_reward(response, ground_truth, accuracy, has_forma
     ),
     st.sampled_from(["red", "Red ", "blue", ""]),
 )
-def test_visionr3_recipe_demo_reward_property(response, ground_truth):
+def test_exact_match_plus_format_demo_reward_property(response, ground_truth):
     """Any response: format says whether an <answer> is closed, accuracy needs it, score = accuracy + 0.1·format."""
-    recipe = get_recipe("visionr3")
+    formula = get_formula("exact_match_plus_format")
     trajectory = inp(response, ground_truth)
-    result = recipe.combine(trajectory, float(recipe.grade(trajectory).correct))
+    result = formula.combine(trajectory, float(formula.grade(trajectory).correct))
     accuracy, has_format = result.components["accuracy"], result.components["format"]
     closed = "<answer>" in response and "</answer>" in response[response.index("<answer>"):]
     assert has_format == float(closed) and accuracy in (0.0, 1.0) and accuracy <= has_format
@@ -339,7 +340,7 @@ def test_visionr3_recipe_demo_reward_property(response, ground_truth):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.sampled_from(sorted(RECIPES)),
+    st.sampled_from(sorted(FORMULAS)),
     st.lists(
         st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "}", '{"bbox_2d": [1, 2, 3, 4]}']),
         max_size=12,
@@ -347,17 +348,17 @@ def test_visionr3_recipe_demo_reward_property(response, ground_truth):
     st.sampled_from([0.0, 0.5, 1.0]),
     st.integers(0, 3),
 )
-def test_every_recipe_reports_every_component(name, response, accuracy, tools):
-    recipe = get_recipe(name)
+def test_every_formula_reports_every_component(name, response, accuracy, tools):
+    formula = get_formula(name)
     trajectory = inp(response, turns=(response,), tool_calls=tools, tool_images=tools)
-    result = recipe.combine(trajectory, accuracy)
-    assert list(result.components) == list(recipe.components)
+    result = formula.combine(trajectory, accuracy)
+    assert list(result.components) == list(formula.components)
     assert all(math.isfinite(value) for value in result.as_verl_dict().values())
 
 
-def test_recipe_names():
-    assert set(RECIPES) == {
-        "visionr3",
+def test_formula_names():
+    assert set(FORMULAS) == {
+        "exact_match_plus_format",
         "visionthink",
         "visionthink_general",
         "vlm_r3",
@@ -368,24 +369,24 @@ def test_recipe_names():
     }
 
 
-def test_unknown_recipe_lists_the_known_ones():
+def test_unknown_formula_lists_the_known_ones():
     with pytest.raises(KeyError, match="visionthink_general"):
-        get_recipe("visionthinc")
+        get_formula("visionthinc")
 
 
 def test_unknown_param_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match=r"visionr3\.reward\.params.*format_wieght"):
-        get_recipe("visionthink").combine(inp(VT_ANSWER), 1.0, {"format_wieght": 1.0})
+        get_formula("visionthink").combine(inp(VT_ANSWER), 1.0, {"format_wieght": 1.0})
 
 
 def test_unknown_deepeyes_variant_is_an_error():
     with pytest.raises(ValueError, match="variant"):
-        get_recipe("deepeyes").combine(inp(VT_ANSWER), 1.0, {"variant": "blog"})
+        get_formula("deepeyes").combine(inp(VT_ANSWER), 1.0, {"variant": "blog"})
 
 
 def test_defaults_are_read_only():
     with pytest.raises(TypeError):
-        get_recipe("visionthink").defaults["format_weight"] = 1.0  # type: ignore[index]
+        get_formula("visionthink").defaults["format_weight"] = 1.0  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -395,7 +396,7 @@ def test_defaults_are_read_only():
 )
 def test_degenerate_samples_score_in_linear_time(text):
     start = time.perf_counter()
-    for recipe in RECIPES.values():
+    for formula in FORMULAS.values():
         trajectory = inp(text, self_answer=text, self_status="answered", tool_images=1)
-        recipe.combine(trajectory, float(recipe.grade(trajectory).correct))
+        formula.combine(trajectory, float(formula.grade(trajectory).correct))
     assert time.perf_counter() - start < 3.0

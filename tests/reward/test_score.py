@@ -26,7 +26,7 @@ def judge(server, **overrides):
             "api_key_env": None, "prompt": "visionthink", "max_retries": 2, "timeout": 2.0, **overrides}
 
 
-async def test_rules_only_recipe_matches_the_former_demo_reward():
+async def test_rules_only_formula_matches_the_former_demo_reward():
     out = await compute_score("src", "<think>x</think><answer> Red </answer>", "red", {"tool_calls": 2})
     assert out["score"] == pytest.approx(1.1) and out["accuracy"] == 1.0 and out["format"] == 1.0
     assert out["judged"] == 0.0 and out["judge_failed"] == 0.0 and out["tool_calls"] == 2.0

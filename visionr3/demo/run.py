@@ -9,9 +9,9 @@ Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores,
 3. **warm-up** — supervised fine-tuning on synthetic tool-using demonstrations (:mod:`visionr3.demo.warmup`), the papers'
    cold start, so the policy emits well-formed ``image_zoom_in_tool`` calls (cached by its settings);
 4. **GRPO** — ``visionr3 train --config-name cpu_demo`` in a child process: verl's trainer with the CPU platform, the
-   HF rollout replica, ``visionr3_agent`` + crop/zoom tool and the ``visionr3`` rule reward; per-step metrics
-   go to verl's file logger. ``--recipe vision_sr1`` runs Vision-SR1 instead: description/think/boxed answers, the
-   text-only self-reward pass through the same rollout server, and decoupled answer/visual advantages;
+   HF rollout replica, ``visionr3_agent`` + crop/zoom tool and the ``exact_match_plus_format`` rule reward; per-step
+   metrics go to verl's file logger. ``--recipe vision_sr1`` runs Vision-SR1 instead: description/think/boxed
+   answers, the text-only self-reward pass through the same rollout server, and decoupled answer/visual advantages;
 5. **merge** — verl's ``model_merger`` turns the last FSDP checkpoint into a Hugging Face directory, which is
    reloaded with ``AutoModelForImageTextToText`` and compared with the checkpoint's weights.
 
@@ -74,7 +74,7 @@ DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
     "vision_sr1": (
         "sr1",
         [
-            "visionr3.reward.recipe=vision_sr1",
+            "visionr3.reward.formula=vision_sr1",
             "visionr3.advantage.decouple={visual: 1.0}",   # the paper's v2: separate answer and visual advantages
             "actor_rollout_ref.rollout.agent.default_agent_loop=visionr3_vision_sr1",
             # Hot sampling, chosen while verl's equal-length crash was open (now repaired by visionr3.platform.verl_fixes):

@@ -19,8 +19,8 @@ the task's ``doc_to_visual(doc)`` at full resolution; the loop's own budgets res
 re-shuffled: the option order is the task's. The gold answer (the task's ``doc_to_target``) goes into the row only so
 the records can show the recipe's own verdict; lmms-eval's metric is computed by lmms-eval, from the returned text.
 
-**What is returned** (``return=``): ``answer`` (default) — the recipe's extracted final answer
-(:meth:`visionr3.reward.formulas.Recipe.prediction`: the ``<answer>`` content for the zoom recipe, the last
+**What is returned** (``return=``): ``answer`` (default) — the final answer extracted by the recipe's reward formula
+(:meth:`visionr3.reward.formulas.Formula.prediction`: the ``<answer>`` content for the zoom recipe, the last
 ``\\boxed{}`` for Vision-SR1, ...; ``""`` when the model never committed to one, which the task scores as wrong), the
 string the papers' own evaluation scripts graded; ``response`` — every assistant turn, joined by newlines (the model's
 own text without tool outputs), for tasks whose scorer parses free text or calls a judge.

@@ -269,7 +269,9 @@ class Evaluator:
         self.config = config
         self.prompt_style = prompt_style(config)
         self.judge = judge_settings(config, self.protocol.scoring)
-        self.recipe_reward = str(OmegaConf.select(config, "visionr3.reward.recipe") or "visionr3")
+        from visionr3.reward.score import configured_formula
+
+        self.formula = configured_formula(config)  # or the deprecated visionr3.reward.recipe, until the next release
         self.reward_params = OmegaConf.to_container(config.visionr3.reward.params, resolve=True) if "visionr3" in config else {}
         # before any model is loaded: a refused resume should cost seconds, not a model load
         self.previous: list[SampleRecord] = self.check_resume()
@@ -406,7 +408,7 @@ class Evaluator:
         """Evaluate rows made by :meth:`prepare_row` (any mix of files) as one batch of trajectories."""
         from visionr3.data.dataset import build_gen_batch, validation_meta_info
         from visionr3.eval.backends import SeededClient
-        from visionr3.reward.formulas import get_recipe
+        from visionr3.reward.formulas import get_formula
         from visionr3.reward.score import score_input
 
         client = self.inner_client if self.protocol.greedy else SeededClient(self.inner_client, self.protocol.seed + sample)
@@ -427,12 +429,12 @@ class Evaluator:
         # the batch's rewards together: with a judge, its calls overlap (the client bounds its own concurrency)
         async def score_all() -> list:
             return await asyncio.gather(
-                *(score_input(inp, self.recipe_reward, self.reward_params or None, self.judge) for _, inp in scored)
+                *(score_input(inp, self.formula, self.reward_params or None, self.judge) for _, inp in scored)
             )
 
         results = self.loop.run_until_complete(score_all())
         for (record, inp), result in zip(scored, results):
-            record.prediction = get_recipe(self.recipe_reward).prediction(inp) or ""
+            record.prediction = get_formula(self.formula).prediction(inp) or ""
             scores = result.as_verl_dict()
             record.score = float(scores.pop("score"))
             record.reward = scores

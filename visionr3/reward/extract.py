@@ -1,7 +1,7 @@
 """Answer extraction: which part of a response is "the answer" — pure string functions, no grading.
 
-The recipes disagree on where the answer lives, and the disagreement changes scores, so each convention is its own
-function and the recipe (:mod:`visionr3.reward.formulas`) names the one it uses:
+The formulas disagree on where the answer lives, and the disagreement changes scores, so each convention is its own
+function and the formula (:mod:`visionr3.reward.formulas`) names the one it uses:
 
 - :func:`answer_tag` — ``<answer>…</answer>``: the first (the Qwen3 judge of VisionThink), the last (VLM-R3,
   visionr3's demo), or VisionThink/DeepEyes' ``split`` idiom, which also accepts an unclosed final tag;

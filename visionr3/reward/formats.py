@@ -1,4 +1,4 @@
-"""Per-recipe format checks — each a pure function of the model's text returning a float, as the papers' code did.
+"""Per-formula format checks — each a pure function of the model's text returning a float, as the papers' code did.
 
 Each check reproduces one released reward function (papers.md §1.3, §2.3, §3.2, §4.3); the weights are applied in
 :mod:`visionr3.reward.formulas`, so every function here returns the unweighted value (1.0/0.0, or DeepEyes'
@@ -80,7 +80,7 @@ _VLM_R3 = re.compile(r".*?<answer>.*?</answer>\s*", re.DOTALL)
 
 def vlm_r3_format(text: str) -> float:
     """VLM-R3: the text ends with an ``<answer>…</answer>`` (``<think>`` is not required). 1.0 or 0.0 — the paper's
-    0.5 is the recipe's ``format_weight``."""
+    0.5 is the formula's ``format_weight``."""
     return float(_framed(text, "", "</answer>") and _VLM_R3.fullmatch(text) is not None)
 
 
@@ -129,7 +129,7 @@ def deepeyes_format(text: str) -> float:
     ``<|image_pad|><|vision_end|>`` (the response is decoded with special tokens skipped, so only markers the model
     wrote *as text* remain — counting them is how the check catches a policy imitating image tokens); and
     ``<answer>``/``</answer>`` after the last ``</think>``. The ≥1000-character answer guard needs the extracted
-    answer, so it lives in the recipe.
+    answer, so it lives in the formula.
     """
     unbalanced = (
         text.count("<think>") != text.count("</think>")

@@ -1,14 +1,15 @@
-"""Each recipe's reward formula over a :class:`~visionr3.reward.types.RewardInput`, as data plus pure functions.
+"""The reward formulas over a :class:`~visionr3.reward.types.RewardInput`, as data plus pure functions.
 
-A :class:`Recipe` answers three questions for :mod:`visionr3.reward.score`:
+A *formula* (chosen by ``visionr3.reward.formula``) is one paper's reward; a *recipe* is a folder under ``recipes/``
+that picks one. A :class:`Formula` answers three questions for :mod:`visionr3.reward.score`:
 
-1. *which text is the answer* (:meth:`Recipe.prediction`) — the grader and the judge see the same text;
-2. *what do the rules say* (:meth:`Recipe.grade`) — :func:`visionr3.reward.grade.grade` for every recipe except
-   ``visionr3``, whose demo reward is a plain exact match;
-3. *how do accuracy and the other terms combine* (:meth:`Recipe.combine`) — the accuracy comes in from the caller
+1. *which text is the answer* (:meth:`Formula.prediction`) — the grader and the judge see the same text;
+2. *what do the rules say* (:meth:`Formula.grade`) — :func:`visionr3.reward.grade.grade` for every formula except
+   ``exact_match_plus_format``, whose demo reward is a plain exact match;
+3. *how do accuracy and the other terms combine* (:meth:`Formula.combine`) — the accuracy comes in from the caller
    (rules or judge), everything else (format, tool, region, ...) is computed here from the trajectory.
 
-Weights and switches are the recipe's ``defaults`` and can be overridden per call (``visionr3.reward.params``); an
+Weights and switches are the formula's ``defaults`` and can be overridden per call (``visionr3.reward.params``); an
 unknown key is an error, not a silent no-op. Every term is returned as its own component, unweighted (``format`` is
 the 0/1 — or DeepEyes' 0/−1 — check, ``tool`` the gated 0/1), so metrics are comparable across weightings;
 ``penalty`` is the amount actually subtracted.
@@ -28,17 +29,21 @@ The formulas (papers.md §1.3, §2.3, §3.2, §4.3, §5) and where they knowingl
   1[acc>0]·tool``; tool credit comes from the agent's inserted-image counter, never from vision tokens in the text
   (which a policy can write); answers of ≥ 1000 characters get ``acc = 0`` and ``format = −1``.
 - ``mini_o3``: accuracy only.
-- ``visionr3``: the CPU demo's reward, numerically identical to ``visionr3.reward.rules.answer_match``.
+- ``exact_match_plus_format`` (the default; ``visionr3`` until the next release, see :data:`DEPRECATED_NAMES`): the
+  CPU demo's reward, exact match of the last ``<answer>`` plus 0.1 for having one — numerically identical to
+  ``visionr3.reward.rules.answer_match``.
 
-Recipes read the model's own text — the assistant turns joined, or the response when the loop did not report turns —
-so prompt text echoed in tool responses (VisionThink's and DeepEyes' observations both spell out ``<answer>``) is
+Formulas read the model's own text — the assistant turns joined, or the response when the loop did not report turns
+— so prompt text echoed in tool responses (VisionThink's and DeepEyes' observations both spell out ``<answer>``) is
 never mistaken for an answer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -56,9 +61,11 @@ from visionr3.reward.formats import (
 from visionr3.reward.grade import Grade, grade
 from visionr3.reward.types import RewardInput, RewardScore
 
+logger = logging.getLogger(__name__)
+
 Predictor = Callable[[RewardInput], "str | None"]
 """The answer text of a trajectory (``None``: no answer)."""
-Formula = Callable[[RewardInput, float, Mapping[str, Any]], "tuple[float, dict[str, float]]"]
+Combiner = Callable[[RewardInput, float, Mapping[str, Any]], "tuple[float, dict[str, float]]"]
 """``(input, accuracy, params) -> (score, components)``."""
 Grader = Callable[["str | None", str, Sequence[str]], Grade]
 """``(prediction, ground_truth, options) -> Grade``."""
@@ -69,14 +76,14 @@ def _rule_grade(prediction: str | None, ground_truth: str, options: Sequence[str
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Formula:
     """One paper's reward: which text is the answer, how the rules grade it, and how the terms combine."""
 
     name: str
     components: tuple[str, ...]
     defaults: Mapping[str, Any]
     predict: Predictor = field(repr=False)
-    formula: Formula = field(repr=False)
+    combiner: Combiner = field(repr=False)
     grader: Grader = field(default=_rule_grade, repr=False)
 
     def prediction(self, inp: RewardInput) -> str | None:
@@ -84,7 +91,8 @@ class Recipe:
         return self.predict(inp)
 
     def grade(self, inp: RewardInput) -> Grade:
-        """The rules' verdict on :meth:`prediction` (exact match for ``visionr3``, :func:`grade` otherwise)."""
+        """The rules' verdict on :meth:`prediction` (exact match for ``exact_match_plus_format``, :func:`grade`
+        otherwise)."""
         return self.grader(self.prediction(inp), inp.ground_truth, inp.options)
 
     def params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -93,7 +101,7 @@ class Recipe:
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             raise ValueError(
-                f"visionr3.reward.params: unknown key(s) {unknown} for recipe {self.name!r}; "
+                f"visionr3.reward.params: unknown key(s) {unknown} for formula {self.name!r}; "
                 f"known: {sorted(self.defaults)}"
             )
         return {**self.defaults, **overrides}
@@ -101,22 +109,22 @@ class Recipe:
     def combine(self, inp: RewardInput, accuracy: float, params: Mapping[str, Any] | None = None) -> RewardScore:
         """Score plus every component (all of :attr:`components`, missing ones as 0.0); ``accuracy_source`` is left at
         its default — the caller knows who decided the accuracy."""
-        score, terms = self.formula(inp, float(accuracy), self.params(params))
+        score, terms = self.combiner(inp, float(accuracy), self.params(params))
         extra = sorted(set(terms) - set(self.components))
         if extra:
-            raise AssertionError(f"recipe {self.name!r} reported undeclared components {extra}")
+            raise AssertionError(f"formula {self.name!r} reported undeclared components {extra}")
         return RewardScore(score=float(score), components={key: float(terms.get(key, 0.0)) for key in self.components})
 
 
-def _recipe(
+def _formula(
     name: str,
     components: Sequence[str],
     defaults: Mapping[str, Any],
     predict: Predictor,
-    formula: Formula,
+    combiner: Combiner,
     grader: Grader = _rule_grade,
-) -> Recipe:
-    return Recipe(name, tuple(components), MappingProxyType(dict(defaults)), predict, formula, grader)
+) -> Formula:
+    return Formula(name, tuple(components), MappingProxyType(dict(defaults)), predict, combiner, grader)
 
 
 def assistant_text(inp: RewardInput) -> str:
@@ -124,10 +132,10 @@ def assistant_text(inp: RewardInput) -> str:
     return " ".join(inp.turns) if inp.turns else inp.response
 
 
-# --- visionr3 (the CPU demo) --------------------------------------------------------------------------------------
+# --- exact_match_plus_format (the CPU demo) -------------------------------------------------------------------------
 
 
-def _visionr3_prediction(inp: RewardInput) -> str | None:
+def _last_answer_tag(inp: RewardInput) -> str | None:
     return answer_tag(inp.response, "last")
 
 
@@ -138,7 +146,7 @@ def _exact_grade(prediction: str | None, ground_truth: str, options: Sequence[st
     return Grade(prediction.lower() == str(ground_truth).strip().lower(), True, "exact")
 
 
-def _visionr3(inp: RewardInput, accuracy: float, p: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
+def _exact_match_plus_format(inp: RewardInput, accuracy: float, p: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
     has_format = float(answer_tag(inp.response, "last") is not None)
     return accuracy + p["format_weight"] * has_format, {"accuracy": accuracy, "format": has_format}
 
@@ -302,24 +310,29 @@ def _accuracy_only(inp: RewardInput, accuracy: float, p: Mapping[str, Any]) -> t
 
 
 _ALL = (
-    _recipe(
-        "visionr3", ("accuracy", "format"), {"format_weight": 0.1}, _visionr3_prediction, _visionr3, _exact_grade
+    _formula(
+        "exact_match_plus_format",
+        ("accuracy", "format"),
+        {"format_weight": 0.1},
+        _last_answer_tag,
+        _exact_match_plus_format,
+        _exact_grade,
     ),
-    _recipe(
+    _formula(
         "visionthink",
         ("accuracy", "format", "tool", "penalty"),
         {"acc_weight": 1.0, "tool_call_penalty": 0.1, "format_weight": 0.5, "use_tool_reward_weight": 0.0},
         _split_answer,
         _visionthink,
     ),
-    _recipe(
+    _formula(
         "visionthink_general",
         ("accuracy", "format"),
         {"acc_weight": 1.0, "format_weight": 0.5},
         _split_answer,
         _visionthink_general,
     ),
-    _recipe(
+    _formula(
         "vlm_r3",
         ("accuracy", "format", "region", "length"),
         {
@@ -333,32 +346,60 @@ _ALL = (
         _vlm_r3_prediction,
         _vlm_r3,
     ),
-    _recipe(
+    _formula(
         "vision_sr1",
         ("accuracy", "format", "visual"),
         {"acc_weight": 0.9, "format_weight": 0.1, "visual_weight": 1.0},
         _boxed_prediction,
         _vision_sr1,
     ),
-    _recipe(
+    _formula(
         "vision_r1", ("accuracy", "format"), {"acc_weight": 0.9, "format_weight": 0.1}, _boxed_prediction, _vision_r1
     ),
-    _recipe(
+    _formula(
         "deepeyes",
         ("accuracy", "format", "tool"),
         {"variant": "code", "acc_weight": None, "format_weight": None, "tool_weight": None, "max_answer_chars": 1000},
         _split_answer,
         _deepeyes,
     ),
-    _recipe("mini_o3", ("accuracy",), {}, _final_answer_prediction, _accuracy_only),
+    _formula("mini_o3", ("accuracy",), {}, _final_answer_prediction, _accuracy_only),
 )
-RECIPES: Mapping[str, Recipe] = MappingProxyType({recipe.name: recipe for recipe in _ALL})
-"""Every recipe by name. DeepEyes' ``None`` weights mean "the variant's" (see :data:`DEEPEYES_WEIGHTS`)."""
+FORMULAS: Mapping[str, Formula] = MappingProxyType({formula.name: formula for formula in _ALL})
+"""Every formula by name. DeepEyes' ``None`` weights mean "the variant's" (see :data:`DEEPEYES_WEIGHTS`)."""
+
+DEFAULT_FORMULA = "exact_match_plus_format"
+"""What ``visionr3.reward.formula: null`` (and a call that names none) scores with."""
+
+DEPRECATED_NAMES: Mapping[str, str] = MappingProxyType({"visionr3": "exact_match_plus_format"})
+"""Old formula names still accepted until the next release, with a deprecation warning: old -> new."""
+
+_warned: set[str] = set()
 
 
-def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name``; a ``KeyError`` lists the known names."""
+def warn_deprecated(message: str) -> None:
+    """A ``DeprecationWarning`` and a logged warning, once per process per message (verl calls the reward function
+    once per trajectory; Python hides ``DeprecationWarning`` outside ``__main__`` by default, so it is logged too)."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    logger.warning(message)
+
+
+def get_formula(name: str) -> Formula:
+    """The formula called ``name`` (a deprecated name warns and maps to its successor); a ``KeyError`` lists the
+    known names."""
+    if name in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[name]
+        warn_deprecated(
+            f"visionr3.reward.formula={name} is deprecated, use visionr3.reward.formula={new} "
+            "(the old name is removed in the next release)"
+        )
+        name = new
     try:
-        return RECIPES[name]
+        return FORMULAS[name]
     except KeyError:
-        raise KeyError(f"unknown reward recipe {name!r} (visionr3.reward.recipe); known: {sorted(RECIPES)}") from None
+        raise KeyError(
+            f"unknown reward formula {name!r} (visionr3.reward.formula); known: {sorted(FORMULAS)}"
+        ) from None

@@ -1,4 +1,4 @@
-"""visionr3's verl reward function: rule scores, an optional LLM judge, and the recipe's formula, per trajectory.
+"""visionr3's verl reward function: rule scores, an optional LLM judge, and the reward formula, per trajectory.
 
 verl calls it once per finished trajectory (``reward.custom_reward_function``; the arguments below the ``*`` come
 from ``reward.custom_reward_function.reward_kwargs``, which visionr3's configs fill from the ``visionr3.reward``
@@ -8,14 +8,17 @@ block)::
       custom_reward_function:
         path: pkg://visionr3.reward.score
         name: compute_score
-        reward_kwargs: {recipe: visionthink, params: {...}, judge: {...}}
+        reward_kwargs: {formula: visionthink, params: {...}, judge: {...}}
+
+(``recipe:`` is the formula's old name, accepted until the next release with a deprecation warning; see
+:func:`formula_name`.)
 
 What it does, in order:
 
 1. :func:`reward_input` turns verl's arguments into a typed :class:`~visionr3.reward.types.RewardInput` — the
    response, the assistant's own turns and the agent loop's counters (verl forwards the loop's ``extra_fields`` in
    ``extra_info``), and Vision-SR1's second-pass answer.
-2. The recipe (:mod:`visionr3.reward.formulas`) says which text is the answer; the rules
+2. The formula (:mod:`visionr3.reward.formulas`) says which text is the answer; the rules
    (:func:`visionr3.reward.grade.grade`) grade it.
 3. The judge (:mod:`visionr3.reward.judge.client`) is asked when ``judge.use`` says so: ``always`` (VisionThink, DeepEyes),
    ``undecided`` (only when the rules cannot tell — VLM-R3's exact-match-then-judge) or ``never``. The *same* client
@@ -25,7 +28,7 @@ What it does, in order:
    A judgement that still fails after the client's retries is counted (``judge_failed``) and then either graded by
    the rules (``judge.on_failure: rule``, the default) or marked ``excluded`` (``exclude``: the trainer gives it
    advantage 0 and leaves it out of its group's statistics). It never crashes the step and never becomes a silent 0.
-4. The recipe's formula combines accuracy, format, tool, visual and other terms; every term is returned as its own
+4. The formula combines accuracy, format, tool, visual and other terms; every term is returned as its own
    key (verl logs each as a metric; :mod:`visionr3.train.trainer` logs them as ``visionr3/reward/<key>/mean``).
 
 Secrets: the judge config holds the *name* of the environment variable with the API key, never the key, so nothing
@@ -48,7 +51,7 @@ from visionr3.agent.trajectory import (
     VALID_TOOL_CALLS,
 )
 from visionr3.config import plain
-from visionr3.reward.formulas import get_recipe
+from visionr3.reward.formulas import DEFAULT_FORMULA, get_formula, warn_deprecated
 from visionr3.reward.rules import ECHOED_TOOL_METRICS
 from visionr3.reward.types import RewardInput, RewardScore
 
@@ -126,18 +129,46 @@ def reward_input(data_source: str, solution_str: str, ground_truth: Any, extra_i
     )
 
 
+def formula_name(formula: str | None = None, recipe: str | None = None) -> str:
+    """The formula to score with: ``formula``, else the deprecated ``recipe`` (its old name, with a warning), else
+    :data:`~visionr3.reward.formulas.DEFAULT_FORMULA`; both set and different is an error naming both keys."""
+    if recipe is None:
+        return DEFAULT_FORMULA if formula is None else formula
+    if formula is not None and formula != recipe:
+        raise ValueError(
+            f"visionr3.reward.formula={formula} and the deprecated visionr3.reward.recipe={recipe} disagree: "
+            "set only visionr3.reward.formula"
+        )
+    warn_deprecated("visionr3.reward.recipe is deprecated, use visionr3.reward.formula")
+    return recipe
+
+
+def configured_formula(config) -> str:
+    """:func:`formula_name` of a composed trainer config's ``visionr3.reward`` block (``formula``, else the deprecated
+    ``recipe``)."""
+    from omegaconf import OmegaConf
+
+    select = OmegaConf.select
+    return formula_name(select(config, "visionr3.reward.formula"), select(config, "visionr3.reward.recipe"))
+
+
 async def score_input(
     inp: RewardInput,
-    recipe: str = "visionr3",
+    formula: str | None = None,
     params: Mapping[str, Any] | None = None,
     judge: Mapping[str, Any] | JudgeSettings | None = None,
     reward_router_address: str | None = None,
+    *,
+    recipe: str | None = None,
 ) -> RewardScore:
-    """Score one trajectory (see the module docstring); never raises for a judge failure."""
-    spec = get_recipe(recipe)
+    """Score one trajectory (see the module docstring); never raises for a judge failure.
+
+    ``formula`` names a :data:`~visionr3.reward.formulas.FORMULAS` entry (``None``: the default); ``recipe`` is its
+    deprecated old name (:func:`formula_name`)."""
+    spec = get_formula(formula_name(formula, recipe))
     settings = judge if isinstance(judge, JudgeSettings) else JudgeSettings.from_dict(judge)
     prediction = spec.prediction(inp)
-    ruled = spec.grade(inp)  # the recipe's rule (visionr3: the demo's plain exact match)
+    ruled = spec.grade(inp)  # the formula's rule (exact_match_plus_format: the demo's plain exact match)
     accuracy, source, excluded, attempts = float(ruled.correct), "rule", False, 0
     if prediction is None or not prediction.strip():
         source = "none"
@@ -180,16 +211,19 @@ async def compute_score(
     ground_truth: Any,
     extra_info: Mapping | None = None,
     *,
-    recipe: str = "visionr3",
+    formula: str | None = None,
     params: Mapping[str, Any] | None = None,
     judge: Mapping[str, Any] | None = None,
     reward_router_address: str | None = None,
     reward_model_tokenizer: Any = None,
+    recipe: str | None = None,
     **_: Any,
 ) -> dict[str, float]:
-    """verl's custom reward function: ``{"score": ..., <component>: ..., judge_failed, excluded, ...}``."""
+    """verl's custom reward function: ``{"score": ..., <component>: ..., judge_failed, excluded, ...}``.
+
+    ``recipe`` is the deprecated name of ``formula`` (:func:`formula_name`)."""
     inp = reward_input(data_source, solution_str, ground_truth, extra_info)
-    result = await score_input(inp, recipe, params, judge, reward_router_address)
+    result = await score_input(inp, formula, params, judge, reward_router_address, recipe=recipe)
     out = result.as_verl_dict()
     info = extra_info or {}
     for key in ECHOED_TOOL_METRICS:

@@ -9,11 +9,11 @@ its registered trainer mode (:mod:`visionr3.train.trainer`), where all ``n`` rol
   * ``paper`` (arXiv 2507.13348, Eq. 5): ``P = penalty · (1_direct · I(r < θ) + 1_tool · I(r ≥ θ))`` subtracted from
     every rollout, where ``r`` is the share of the prompt's *correct* rollouts that answered directly. When few correct
     answers come without the tool, direct answers are penalised (asking for the high-resolution image is preferred);
-    otherwise tool use is. ``r`` is undefined when no rollout is correct; then nothing is penalised (the formula's
+    otherwise tool use is. ``r`` is undefined when no rollout is correct; then nothing is penalised (Eq. 5's
     ``0/0`` has no meaning, and penalising a group that learned nothing only adds noise). Pair it with the
-    ``visionthink`` recipe's ``tool_call_penalty: 0``, or the tool's 0.1 discount is paid twice.
+    ``visionthink`` formula's ``tool_call_penalty: 0``, or the tool's 0.1 discount is paid twice.
   * ``code`` (the released trainer, ``ray_trainer.py`` ``fit()``): ``r = #correct direct / (#correct + 1e-4)``, and
-    when ``0 < r < θ`` every *correct direct* rollout loses ``penalty``. Since the recipe already discounts correct
+    when ``0 < r < θ`` every *correct direct* rollout loses ``penalty``. Since the formula already discounts correct
     tool answers by 0.1, direct and tool answers then tie; nothing ever favours the tool (see papers.md §1.4). Kept
     because reproducing the released numbers needs it.
 

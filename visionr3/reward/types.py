@@ -61,7 +61,7 @@ class RewardInput:
 class RewardScore:
     """A scored trajectory: the scalar verl trains on plus every component as its own number.
 
-    ``components`` keys are fixed per recipe and always present (a missing term is reported as 0.0, never left out,
+    ``components`` keys are fixed per formula and always present (a missing term is reported as 0.0, never left out,
     so means are comparable across steps): e.g. ``accuracy``, ``format``, ``tool``, ``visual``, ``region``,
     ``length``, ``penalty``. ``accuracy_source`` says who decided the accuracy; ``excluded`` marks a sample whose
     judge failed under ``on_failure: exclude`` — its advantage is set to 0 and it is left out of its group's
