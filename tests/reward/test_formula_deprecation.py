@@ -93,3 +93,34 @@ async def test_old_default_name_is_an_alias_that_warns(caplog):
     assert await compute_score("src", response, "red", {}, formula="visionr3") == await compute_score(
         "src", response, "red", {}
     )
+
+
+def test_visionr3_train_rewrites_an_old_command_line_that_switches_a_recipes_formula():
+    """README's old `visionr3 train --recipe visionthink visionr3.reward.recipe=visionthink_general`: the recipe sets
+    ``formula``, so the old key would conflict; `visionr3 train` rewrites it to the new key, with the warning."""
+    from visionr3.train.main import renamed_overrides
+
+    argv = ["visionr3.reward.recipe=visionthink_general", "+visionr3.reward.recipe=x", "data.train_files=t.parquet"]
+    with pytest.warns(DeprecationWarning, match=KEY_WARNING):
+        assert renamed_overrides(argv) == [
+            "visionr3.reward.formula=visionthink_general", "+visionr3.reward.formula=x", "data.train_files=t.parquet",
+        ]
+    data = ["actor_rollout_ref.model.path=Qwen/Qwen2.5-VL-7B-Instruct", "data.train_files=t.parquet",
+            "data.val_files=v.parquet", "+cluster=a100_1x8", *API]
+    config = validate(compose(recipe_dir("visionthink"), "config",
+                              [*data, *renamed_overrides(["visionr3.reward.recipe=visionthink_general"]), RECIPE_SEARCHPATH]))
+    assert configured_formula(config) == "visionthink_general"
+
+
+def test_a_config_written_for_the_old_key_still_works_on_the_base():
+    """The base leaves ``formula`` null (the default formula), so a user's config that sets only the old key scores
+    with the formula it names."""
+    from visionr3.config import config_path
+
+    data = ["actor_rollout_ref.model.path=Qwen/Qwen2.5-VL-7B-Instruct", "data.train_files=t.parquet",
+            "data.val_files=v.parquet"]
+    default = compose(config_path(), "visionr3_trainer", data)
+    assert default.visionr3.reward.formula is None and configured_formula(default) == "exact_match_plus_format"
+    old = compose(config_path(), "visionr3_trainer", [*data, "visionr3.reward.recipe=deepeyes"])
+    with pytest.warns(DeprecationWarning, match=KEY_WARNING):
+        assert configured_formula(old) == "deepeyes"

@@ -62,6 +62,28 @@ def with_override(argv: list[str], override: str) -> list[str]:
     return [*argv[:at], override, *argv[at:]]
 
 
+DEPRECATED_KEYS = {"visionr3.reward.recipe": "visionr3.reward.formula"}
+"""Old override keys ``visionr3 train`` still accepts for a release, rewritten to their successors (with a warning)."""
+
+
+def renamed_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with each deprecated key's override (``key=v``, ``+key=v``, ``++key=v``) rewritten to the new key.
+
+    A recipe sets ``visionr3.reward.formula``, so an old command line that switches the formula with the old key would
+    otherwise conflict with it; rewritten, it overrides the formula as it used to."""
+    from visionr3.reward.formulas import warn_deprecated
+
+    out = []
+    for arg in argv:
+        prefix = arg[: len(arg) - len(arg.lstrip("+"))]
+        key, sep, value = arg[len(prefix):].partition("=")
+        if sep and key in DEPRECATED_KEYS:
+            warn_deprecated(f"{key} is deprecated, use {DEPRECATED_KEYS[key]}")
+            arg = f"{prefix}{DEPRECATED_KEYS[key]}={value}"
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Hand ``argv`` (Hydra's command line: overrides, ``--config-name``, ``--cfg job``, ...) to Hydra.
 
@@ -72,6 +94,7 @@ def main(argv: list[str]) -> int:
     from visionr3.config import config_path, run_hydra
 
     recipe, argv = recipe_arguments(argv)
+    argv = renamed_overrides(argv)
     directory, default_name = config_path(), "visionr3_trainer"
     if recipe is not None:
         from visionr3.config import RECIPE_SEARCHPATH, recipe_dir
