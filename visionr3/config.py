@@ -7,8 +7,11 @@ data-only packages ``visionr3.configs`` and ``visionr3.recipes`` (pyproject.toml
 cluster node. The code that reads them lives here, inside the package; the folders hold YAML only.
 """
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 
 def config_path(*parts: str) -> Path:
@@ -103,3 +106,79 @@ def recipe_dir(name: str) -> Path:
     if name not in RECIPES or not (path / "config.yaml").exists():
         raise ValueError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}")
     return path
+
+
+BLOCK_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"chat_template", "prompt_style", "reward", "shaping", "advantage"}),
+    "reward": frozenset({"formula", "recipe", "params", "judge"}),
+    "shaping": frozenset({"apply_ratio"}),
+    "advantage": frozenset({"decouple"}),
+}
+"""The keys of the ``visionr3:`` block (configs/visionr3_base.yaml declares them, with their meaning), by sub-block."""
+
+
+@dataclass(frozen=True)
+class VisionR3Settings:
+    """The ``visionr3:`` block of a composed config, parsed once: typed values for the code that reads it, and an
+    error that names any key the block does not have.
+
+    Hydra's struct mode refuses an unknown key only when it is given without ``+``; a ``+visionr3.shaping.apply_raito``
+    typo would otherwise be carried along and do nothing. The reward sub-block reaches verl's reward function through
+    ``reward_kwargs`` (:mod:`visionr3.reward.score` parses it there); its keys are checked here too, so a typo fails
+    before Ray starts (``visionr3 train``) instead of inside a reward worker."""
+
+    chat_template: str | None
+    prompt_style: str | None
+    formula: str  # resolved: the default when the block leaves it null, the deprecated key with its warning
+    params: Mapping[str, Any]
+    judge: Mapping[str, Any]
+    shaping: Mapping[str, Any]
+    decouple: Mapping[str, float] | None
+
+    @property
+    def apply_ratio(self) -> bool:
+        """VisionThink's apply-ratio penalty is on."""
+        return bool((self.shaping.get("apply_ratio") or {}).get("enable", False))
+
+    @property
+    def may_exclude(self) -> bool:
+        """A judge is asked and a failed judgement excludes the sample from its group."""
+        return self.judge.get("use", "never") != "never" and self.judge.get("on_failure") == "exclude"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "VisionR3Settings":
+        """Parse ``config.visionr3`` (a composed config; a missing block is the defaults). Raises ``ValueError`` naming
+        an unknown key and the known ones."""
+        from dataclasses import fields
+
+        from omegaconf import OmegaConf
+
+        from visionr3.reward.judge.config import JudgeConfig
+        from visionr3.reward.score import JudgeSettings, formula_name
+        from visionr3.reward.shaping import ApplyRatioConfig
+
+        block = OmegaConf.select(config, "visionr3") if OmegaConf.is_config(config) else (config or {}).get("visionr3")
+        block = plain(block) or {}
+        for sub, known in BLOCK_KEYS.items():
+            values = block if not sub else (block.get(sub) or {})
+            unknown = sorted(set(values) - known)
+            if unknown:
+                where = "visionr3" + (f".{sub}" if sub else "")
+                raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        reward, shaping = block.get("reward") or {}, block.get("shaping") or {}
+        judge = reward.get("judge") or {}
+        client = JudgeSettings.from_dict(judge).client  # checks use, backend and on_failure; the rest is the client's
+        known_judge = {f.name for f in fields(JudgeConfig)} | {"use", "backend", "on_failure"}
+        unknown = sorted(set(client) - known_judge)
+        if unknown:
+            raise ValueError(f"visionr3.reward.judge: unknown key(s) {unknown}; known: {sorted(known_judge)}")
+        ApplyRatioConfig.from_dict(shaping.get("apply_ratio"))  # its own keys and values
+        return cls(
+            chat_template=block.get("chat_template"),
+            prompt_style=block.get("prompt_style"),
+            formula=formula_name(reward.get("formula"), reward.get("recipe")),
+            params=dict(reward.get("params") or {}),
+            judge=dict(judge),
+            shaping=dict(shaping),
+            decouple=(block.get("advantage") or {}).get("decouple") or None,
+        )

@@ -45,6 +45,7 @@ from visionr3.agent.trajectory import (
     TOOL_IMAGES,
     VALID_TOOL_CALLS,
 )
+from visionr3.config import VisionR3Settings
 from visionr3.eval.protocol import EvalProtocol, shuffle_row
 from visionr3.eval.records import RecordWriter, SampleRecord, ToolCall, Turn, read_records, sample_key
 
@@ -122,13 +123,12 @@ def compose_recipe(settings: EvalSettings):
 
 
 def prompt_style(config: Any) -> str:
-    """The question wording a composed recipe config declares (``visionr3.prompt_style``): multiple-choice rows are
-    asked again in it, as the recipe's training rows were."""
-    from omegaconf import OmegaConf
-
+    """The question wording a composed recipe config (or its parsed ``visionr3`` block) declares
+    (``visionr3.prompt_style``): multiple-choice rows are asked again in it, as the recipe's training rows were."""
     from visionr3.data.prompts import STYLES
 
-    style = OmegaConf.select(config, "visionr3.prompt_style")
+    block = config if isinstance(config, VisionR3Settings) else VisionR3Settings.from_config(config)
+    style = block.prompt_style
     if style not in STYLES:
         raise EvalError(f"visionr3.prompt_style={style!r} in the recipe's config: expected one of {', '.join(sorted(STYLES))}")
     return str(style)
@@ -255,8 +255,6 @@ class Evaluator:
     """One model, one recipe, one protocol: builds verl's ``AgentLoopWorker`` once and evaluates rows with it."""
 
     def __init__(self, settings: EvalSettings):
-        from omegaconf import OmegaConf
-
         from visionr3.processing import prepare_runtime
 
         prepare_runtime()
@@ -267,12 +265,11 @@ class Evaluator:
         config = compose_recipe(settings)
         self.protocol, config = resolve_protocol(config, settings)
         self.config = config
-        self.prompt_style = prompt_style(config)
+        block = VisionR3Settings.from_config(config)  # the visionr3 block, parsed once (unknown keys named)
+        self.prompt_style = prompt_style(block)
         self.judge = judge_settings(config, self.protocol.scoring)
-        from visionr3.reward.score import configured_formula
-
-        self.formula = configured_formula(config)  # or the deprecated visionr3.reward.recipe, until the next release
-        self.reward_params = OmegaConf.to_container(config.visionr3.reward.params, resolve=True) if "visionr3" in config else {}
+        self.formula = block.formula  # or the deprecated visionr3.reward.recipe, until the next release
+        self.reward_params = dict(block.params)
         # before any model is loaded: a refused resume should cost seconds, not a model load
         self.previous: list[SampleRecord] = self.check_resume()
         self.loop = asyncio.new_event_loop()

@@ -23,13 +23,13 @@ def run(config) -> None:
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from visionr3.reward.score import configured_formula
+    from visionr3.config import VisionR3Settings
 
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    # the deprecated visionr3.reward.recipe: warn in the user's terminal and refuse a conflict now, not at the first
-    # scored trajectory inside a reward worker (which warns again in its own process)
-    configured_formula(config)
+    # the visionr3 block: an unknown key, or the deprecated visionr3.reward.recipe conflicting with the formula, fails
+    # (and a deprecation warns) in the user's terminal now, not at the first scored trajectory inside a reward worker
+    VisionR3Settings.from_config(config)
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 

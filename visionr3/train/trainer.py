@@ -66,6 +66,7 @@ from visionr3.agent.trajectory import (
     dump_value,
     reward_rows,
 )
+from visionr3.config import VisionR3Settings
 from visionr3.reward.shaping import custom_advantages, shape_scores
 
 DUMP_IMAGE_MAX_SIDE = 512
@@ -279,21 +280,15 @@ class VisionR3SyncTrainer(PPOTrainerSync):
 
     # ---- group-level rewards --------------------------------------------------------------------------------
 
-    def _visionr3_settings(self) -> tuple[dict, dict | None, bool, bool]:
-        """``(shaping, decouple, apply_ratio enabled, exclusion possible)`` from the ``visionr3`` block."""
-        from omegaconf import OmegaConf
-
-        block = self.config.get("visionr3")
-        block = OmegaConf.to_container(block, resolve=True) if block is not None else {}
-        shaping = block.get("shaping") or {}
-        decouple = (block.get("advantage") or {}).get("decouple") or None
-        apply_ratio = bool((shaping.get("apply_ratio") or {}).get("enable", False))
-        judge = (block.get("reward") or {}).get("judge") or {}
-        may_exclude = judge.get("use", "never") != "never" and judge.get("on_failure") == "exclude"
-        return shaping, decouple, apply_ratio, may_exclude
+    def _visionr3_block(self) -> VisionR3Settings:
+        """The ``visionr3`` block, parsed once per trainer."""
+        if getattr(self, "_visionr3_parsed", None) is None:
+            self._visionr3_parsed = VisionR3Settings.from_config(self.config)
+        return self._visionr3_parsed
 
     def _compute_advantage(self, batch, metrics):
-        shaping, decouple, apply_ratio, may_exclude = self._visionr3_settings()
+        block = self._visionr3_block()
+        shaping, decouple, apply_ratio, may_exclude = block.shaping, block.decouple, block.apply_ratio, block.may_exclude
         if not (apply_ratio or decouple or may_exclude):
             return super()._compute_advantage(batch, metrics)  # nothing of ours configured: verl's own
 

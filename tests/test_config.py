@@ -1,0 +1,59 @@
+"""visionr3.config.VisionR3Settings: the ``visionr3:`` block of every recipe parsed into typed values, and a typo
+anywhere in it named as an error — by the parser and, before Ray starts, by `visionr3 train`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visionr3.config import RECIPE_SEARCHPATH, RECIPES, VisionR3Settings, config_path, recipe_dir
+from visionr3.testing.configs import compose
+
+DATA = ["actor_rollout_ref.model.path=/tmp/tiny", "data.train_files=t.parquet", "data.val_files=v.parquet"]
+
+
+def recipe(name: str, *overrides: str):
+    return compose(recipe_dir(name), "config", [*DATA, RECIPE_SEARCHPATH, *overrides])
+
+
+def test_each_recipe_block_parses_to_what_the_recipe_says():
+    parsed = {name: VisionR3Settings.from_config(recipe(name)) for name in RECIPES}
+    assert {name: s.formula for name, s in parsed.items()} == {
+        "visionthink": "visionthink", "vlm_r3": "vlm_r3", "vision_sr1": "vision_sr1", "zoom": "deepeyes"}
+    assert {name: s.prompt_style for name, s in parsed.items()} == {name: name for name in RECIPES}
+    assert parsed["visionthink"].apply_ratio and not parsed["zoom"].apply_ratio
+    assert parsed["vision_sr1"].decouple == {"visual": 1.0} and parsed["zoom"].decouple is None
+    assert parsed["zoom"].judge["use"] == "always" and parsed["zoom"].params == {"variant": "code"}
+
+
+def test_the_default_config_leaves_the_formula_to_its_default():
+    settings = VisionR3Settings.from_config(compose(config_path(), "visionr3_trainer", DATA))
+    assert settings.formula == "exact_match_plus_format" and not settings.may_exclude and settings.prompt_style is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+visionr3.shaping.apply_raito.enable=true", r"visionr3\.shaping: unknown key\(s\) \['apply_raito'\]"),
+        ("+visionr3.rewards.formula=x", r"visionr3: unknown key\(s\) \['rewards'\]"),
+        ("+visionr3.reward.judge.timout=5", r"visionr3\.reward\.judge: unknown key\(s\) \['timout'\]"),
+        ("+visionr3.advantage.decoupled={visual: 1.0}", r"visionr3\.advantage: unknown key\(s\) \['decoupled'\]"),
+        ("+visionr3.shaping.apply_ratio.thetta=0.3", r"visionr3\.shaping\.apply_ratio: unknown keys \['thetta'\]"),
+    ],
+)
+def test_an_unknown_key_is_named_with_the_known_ones(override, message):
+    with pytest.raises(ValueError, match=message):
+        VisionR3Settings.from_config(recipe("visionthink", override))
+
+
+def test_visionr3_train_names_a_typo_before_ray_starts(tmp_path):
+    """The same check runs in `visionr3 train` before verl starts Ray: the run fails at once with the key's name."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("visionr3")), "train", "--recipe", "zoom", "--config-name", "cpu", *DATA,
+         "+visionr3.shaping.apply_raito.enable=true"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "visionr3.shaping: unknown key(s) ['apply_raito']" in result.stdout + result.stderr
+    assert "Started a local Ray instance" not in result.stdout + result.stderr
