@@ -348,3 +348,45 @@ def test_unreachable_cluster_is_a_clear_error(capsys):
     port = free_port()
     assert cli_main(["job", "list", "--address", f"http://127.0.0.1:{port}"]) == 2
     assert f"cannot use the Ray job API at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+class _RayJobAPI:
+    """Stands in for Ray's JobSubmissionClient (a remote service): answers as Ray's job API does while no job agent has
+    registered yet, ``busy`` times, then accepts."""
+
+    MESSAGE = ("Request failed with status code 500: No available agent to submit job, please try again later..")
+
+    def __init__(self, busy: int, other: Exception | None = None):
+        self.busy, self.other, self.calls = busy, other, 0
+
+    def submit_job(self, **kwargs):
+        self.calls += 1
+        if self.other is not None:
+            raise self.other
+        if self.calls <= self.busy:
+            raise RuntimeError(self.MESSAGE)
+        return "raysubmit_123"
+
+
+def test_submit_waits_for_a_job_agent_and_fails_plainly_otherwise(monkeypatch, capsys):
+    """Right after `ray start --head` Ray's job API refuses submissions until a node's job agent registers ("please
+    try again later"): submit retries that, and only that, for a bounded time."""
+    clock, slept = [0.0], []
+
+    def sleep(seconds):  # a clock that moves only when submit waits: no real waiting, the real deadline logic
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(jobs.time, "sleep", sleep)
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    plan = jobs.Submission(entrypoint="python3 -c 0", runtime_env={}, metadata={}, submission_id=None)
+    api = _RayJobAPI(busy=3)
+    assert jobs.submit_when_an_agent_is_up(api, plan, "http://head:8265") == "raysubmit_123"
+    assert api.calls == 4 and slept == [1.0, 2.0, 4.0]
+    assert "has no job agent yet" in capsys.readouterr().err
+    with pytest.raises(jobs.JobsError, match="failed: submission id taken"):
+        jobs.submit_when_an_agent_is_up(_RayJobAPI(0, RuntimeError("submission id taken")), plan, "http://head:8265")
+    slept.clear()
+    with pytest.raises(jobs.JobsError, match="No available agent"):  # still none after wait_s: the error, not a hang
+        jobs.submit_when_an_agent_is_up(_RayJobAPI(busy=100), plan, "http://head:8265", wait_s=20.0)
+    assert slept == [1.0, 2.0, 4.0, 8.0] and clock[0] <= 20.0 + 15.0

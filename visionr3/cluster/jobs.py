@@ -448,21 +448,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Submit; then either print the id (``--no-wait``) or tail the logs and return the job's outcome."""
-    try:
-        submission = plan_submission(args, os.environ, Path.cwd())
-        client = connect(args.address)
-        started = time.monotonic()
+NO_AGENT_YET = "No available agent to submit job"
+"""Ray's job API answers HTTP 500 with this (and "please try again later") while no node's job agent has registered:
+for some seconds after ``ray start --head``, or after an agent restarts. The head is up and the submission is fine."""
+
+
+def submit_when_an_agent_is_up(client: Any, submission: Submission, address: str, wait_s: float = 120.0) -> str:
+    """``client.submit_job`` for ``submission``, retried (1, 2, 4, ... 8 s apart, for up to ``wait_s``) while Ray says
+    no job agent is available yet; any other error, or the same one after ``wait_s``, is a :class:`JobsError`."""
+    deadline, pause, told = time.monotonic() + wait_s, 1.0, False
+    while True:
         try:
-            job_id = client.submit_job(
+            return client.submit_job(
                 entrypoint=submission.entrypoint,
                 runtime_env=submission.runtime_env,
                 metadata=submission.metadata,
                 submission_id=submission.submission_id,
             )
         except Exception as exc:  # RuntimeError (id taken, bad runtime env), ValueError (working dir too large)
-            raise JobsError(f"submitting to {_address(args.address)} failed: {str(exc).strip()}") from None
+            if NO_AGENT_YET in str(exc) and time.monotonic() + pause < deadline:
+                if not told:
+                    print(f"visionr3 submit: {address} has no job agent yet (a node still starting); retrying for up "
+                          f"to {wait_s:.0f} s", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(pause)
+                pause = min(pause * 2, 8.0)
+                continue
+            raise JobsError(f"submitting to {address} failed: {str(exc).strip()}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Submit; then either print the id (``--no-wait``) or tail the logs and return the job's outcome."""
+    try:
+        submission = plan_submission(args, os.environ, Path.cwd())
+        client = connect(args.address)
+        started = time.monotonic()
+        job_id = submit_when_an_agent_is_up(client, submission, _address(args.address))
         what = f"recipe {args.recipe}" if args.recipe else submission.entrypoint
         if args.no_wait:
             print(job_id, flush=True)
