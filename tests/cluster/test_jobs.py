@@ -84,6 +84,9 @@ def ray_head():
     head_env = {
         **base, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
         "OPENAI_API_KEY": secret, MARKER: str(temp_dir), "RAY_USAGE_STATS_ENABLED": "0",
+        # The raylet exits (and takes the head with it) when a node agent has not registered in time; on a loaded
+        # 2-core machine (the e2e trainers start beside this module) the job agent can take longer than Ray's default.
+        "RAY_agent_register_timeout_ms": "600000",
     }
     def start() -> tuple[subprocess.Popen, str, Path]:
         """`ray start --head` on fresh free ports; its job API URL and log."""
