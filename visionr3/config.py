@@ -7,6 +7,7 @@ data-only packages ``visionr3.configs`` and ``visionr3.recipes`` (pyproject.toml
 cluster node. The code that reads them lives here, inside the package; the folders hold YAML only.
 """
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -108,13 +109,14 @@ def recipe_dir(name: str) -> Path:
     return path
 
 
-BLOCK_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"chat_template", "prompt_style", "reward", "shaping", "advantage"}),
-    "reward": frozenset({"formula", "recipe", "params", "judge"}),
-    "shaping": frozenset({"apply_ratio"}),
-    "advantage": frozenset({"decouple"}),
-}
-"""The keys of the ``visionr3:`` block (configs/visionr3_base.yaml declares them, with their meaning), by sub-block."""
+@functools.cache
+def block_keys() -> dict[str, frozenset[str]]:
+    """The keys of the ``visionr3:`` block by sub-block (``""``: its top level), read from where they are declared,
+    with their meaning: configs/visionr3_base.yaml. The judge's own keys are checked against the judge's settings."""
+    import yaml
+
+    block = yaml.safe_load(config_path("visionr3_base.yaml").read_text(encoding="utf-8"))["visionr3"]
+    return {"": frozenset(block), **{sub: frozenset(block[sub]) for sub in ("reward", "shaping", "advantage")}}
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class VisionR3Settings:
 
         block = OmegaConf.select(config, "visionr3") if OmegaConf.is_config(config) else (config or {}).get("visionr3")
         block = plain(block) or {}
-        for sub, known in BLOCK_KEYS.items():
+        for sub, known in block_keys().items():
             values = block if not sub else (block.get(sub) or {})
             unknown = sorted(set(values) - known)
             if unknown:
