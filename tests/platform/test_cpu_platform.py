@@ -101,7 +101,7 @@ AUTO_SELECTED_EVERYWHERE = """
 
 
 @pytest.mark.skipif(
-    __import__("torch").version.cuda is not None or __import__("torch").cuda.is_available(),
+    __import__("visionr3.platform.cpu", fromlist=["_"]).accelerator_evidence() is not None,
     reason="auto-selection is only for hosts without an accelerator",
 )
 def test_auto_selected_everywhere_via_entry_point(tmp_path):

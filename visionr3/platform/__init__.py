@@ -6,6 +6,8 @@
 - The HF-transformers rollout (``rollout.name=hf``) lives in :mod:`visionr3.rollout.hf`.
 - :func:`after_import` (here) — a one-shot post-import hook, used to register things with verl's registries only when
   (and as soon as) verl itself imports the module holding the registry, so the plug-in stays cheap.
+- :func:`install_fork_guard` (here, installed when ``visionr3`` is imported) — a forked child runs torch on one
+  thread, as torch's DataLoader workers do.
 - :func:`free_port` (here) — a free loopback port, for the ``MASTER_PORT`` of a gloo world on one host (and the
   ports of a test's Ray head).
 
@@ -18,12 +20,13 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
 
-__all__ = ["after_import", "free_port"]
+__all__ = ["after_import", "free_port", "install_fork_guard"]
 
 _hooks_lock = threading.Lock()
 
@@ -97,3 +100,29 @@ def after_import(fullname: str, callback: Callable[[ModuleType], None]) -> None:
         finder = _AfterImportFinder(fullname)
         finder.callbacks.append(callback)
         sys.meta_path.insert(0, finder)
+
+
+def _torch_single_threaded_in_child() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+_fork_guard_installed = False
+
+
+def install_fork_guard() -> None:
+    """Make every child forked from this process run torch's intra-op work on one thread. Idempotent.
+
+    Why: torch's CUDA build (the venv's, on CPU machines too) uses GNU OpenMP, which is not fork-safe: a process that
+    ran a parallel torch op and then forks leaves the child's thread pool dead, and the child's first parallel op
+    hangs forever. ``datasets``' ``filter(num_proc=...)`` forks even for one worker, and verl's prompt-length filter
+    runs the Qwen-VL image processor there — torchvision's (torch ops) where torchvision loads — so building a dataset
+    hung after any torch work in the same process. torch's own DataLoader sets one thread in its workers for the same
+    reason. Only ``fork`` is affected: spawned processes (Ray workers, vLLM's engine core) start clean and choose
+    their own thread counts. Nothing is imported here; the handler acts only if the child has torch loaded.
+    """
+    global _fork_guard_installed
+    if not _fork_guard_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_torch_single_threaded_in_child)
+        _fork_guard_installed = True

@@ -25,12 +25,13 @@ Selection (process-global, decided by verl on the first ``get_platform()`` call)
   auto-detection as usual).
 - Without ``VERL_PLATFORM`` verl probes the registered platforms in registration order — nvidia, huawei, amd, then
   this one, because plug-ins load after verl's built-ins — and takes the first that says it is available. Ours says
-  so only on a host with **no accelerator at all** (:func:`accelerator_evidence` returns ``None``): torch built without
-  CUDA/ROCm, ``torch.cuda``/``torch.accelerator`` see nothing, ``torch_npu`` is not installed, and no
-  ``nvidia-smi``/``rocm-smi``/``npu-smi`` exists. A CUDA build of torch alone rules it out, so a GPU machine never
-  auto-selects it — not even a CPU-only Ray actor on a GPU node, where ``torch.cuda.is_available()`` is False.
-  Such a host would otherwise get verl's ``nvidia`` fallback, which cannot work there, so CPU users need not export
-  anything.
+  so only on a host with **no accelerator at all** (:func:`accelerator_evidence` returns ``None``): ``torch.cuda``/
+  ``torch.accelerator`` see nothing, ``torch_npu`` is not installed, no ``nvidia-smi``/``rocm-smi``/``npu-smi`` exists
+  and no accelerator driver is loaded (``/proc/driver/nvidia``, ``/dev/nvidiactl``, ``/dev/kfd``, ``/dev/davinci*``).
+  The driver and tool checks keep a GPU node from ever auto-selecting it — not even a CPU-only Ray actor there, where
+  ``torch.cuda.is_available()`` is False. A CUDA *build* of torch is no evidence: the project's own venv runs one on
+  CPU machines (it is the build with a loadable torchvision, which vLLM needs; docs/vllm-on-cpu.md). Such a host
+  would otherwise get verl's ``nvidia`` fallback, which cannot work there, so CPU users need not export anything.
 
 Workarounds, each inert unless this platform is the selected one:
 
@@ -73,6 +74,7 @@ vLLM/SGLang/TRT-LLM servers).
 from __future__ import annotations
 
 import functools
+import glob
 import importlib.util
 import logging
 import os
@@ -99,6 +101,7 @@ _ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
 # (model_type, class name in _ENGINE_MODULE) of the engines verl registers for cuda/npu that also run on CPU.
 _CPU_ENGINES = (("language_model", "FSDPEngineWithLMHead"), ("value_model", "FSDPEngineWithValueHead"))
 _SMI_COMMANDS = ("nvidia-smi", "rocm-smi", "npu-smi")
+_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
 _SMI_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/local/cuda/bin", "/opt/rocm/bin", "/usr/local/sbin")
 
 
@@ -114,8 +117,6 @@ def accelerator_evidence() -> Optional[str]:
     Deliberately over-cautious: anything that hints at a GPU/NPU makes auto-detection decline, leaving verl's own
     platforms (or its ``nvidia`` fallback) in charge; ``VERL_PLATFORM=cpu`` still selects CPU explicitly.
     """
-    if torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None:
-        return f"torch is a CUDA/ROCm build (cuda={torch.version.cuda}, hip={getattr(torch.version, 'hip', None)})"
     if torch.cuda.is_available():
         return "torch.cuda.is_available() is True"
     accelerator = getattr(torch, "accelerator", None)
@@ -129,6 +130,11 @@ def accelerator_evidence() -> Optional[str]:
         )
         if path:
             return f"{path} exists"
+    for path in _DRIVER_PATHS:
+        if os.path.exists(path):
+            return f"{path} exists (an accelerator driver is loaded)"
+    if glob.glob("/dev/davinci[0-9]*"):
+        return "/dev/davinci* exists (an Ascend driver is loaded)"
     return None
 
 

@@ -3,6 +3,7 @@
     python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen25vl --arch qwen2_5_vl
     python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen3vl --arch qwen3_vl
     python -m visionr3.testing.tiny_model --out /tmp/tiny-qwen3 --arch qwen3
+    python -m visionr3.testing.tiny_model --out /tmp/small-qwen25vl --arch qwen2_5_vl --size small
 
 Each VL directory is a complete Hugging Face checkpoint — config, seeded random weights (safetensors), tokenizer,
 processor and generation configs, and a tool-capable chat template — that ``AutoProcessor``, ``AutoTokenizer``,
@@ -19,6 +20,10 @@ package ships Qwen's real tokenizer files (the Qwen3 vocabulary: 151,643 BPE tok
 Qwen2.5-VL we drop the four Qwen3-only specials (``<tool_response>``, ``</tool_response>``, ``<think>``,
 ``</think>``, ids >= 151665), which Qwen2.5's tokenizer treats as plain text. The embedding has the real 151,936 rows,
 so the model is ~10M parameters (~40 MB in float32), almost all of it embedding; the transformer is 2 layers of width 64.
+
+Sizes (:data:`SIZES`): ``tiny`` (width 64, 4 heads of 16) is what the HF replica's tests use. ``small`` (width 128, 2
+heads of 64, in the language model and the vision tower) is the smallest shape vLLM's CPU attention serves (head_dim 16
+fails there): the vLLM path's tests and demo use it. Both have the real vocabulary, so ~20M parameters for ``small``.
 
 Builds are deterministic (``--seed``): every weight is drawn from private ``torch.Generator``s seeded from the seed
 and the parameter's name (:func:`_initialise`), never from torch's global RNG, so a build in a thread or a process
@@ -44,10 +49,19 @@ from visionr3.testing.cache import cache_root, cached_build
 
 
 Arch = Literal["qwen2_5_vl", "qwen3_vl", "qwen3"]
+Size = Literal["tiny", "small"]
 VL_ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
 TEXT_ARCHS: tuple[str, ...] = ("qwen3",)
 """Text-only checkpoints (no processor, no vision tower): the local judge."""
 ARCHS: tuple[str, ...] = VL_ARCHS + TEXT_ARCHS
+
+# Per-size widths: (hidden, heads, key-value heads, head_dim, mrope_section). mrope_section halves the rotary dims
+# into temporal, height and width parts, so it sums to head_dim / 2 (Qwen2.5-VL's real one is [16, 24, 24] for 128).
+_SHAPES = {
+    "tiny": dict(hidden=64, heads=4, kv_heads=2, head_dim=16, mrope_section=[2, 3, 3]),
+    "small": dict(hidden=128, heads=2, kv_heads=2, head_dim=64, mrope_section=[8, 12, 12]),
+}
+SIZES: tuple[str, ...] = tuple(_SHAPES)
 
 # Bump when the builder's output changes in a way the cache key cannot see.
 BUILDER_VERSION = 2
@@ -140,25 +154,29 @@ def _write_tokenizer_files(arch: str, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
-def _model_config(arch: str):
+def _model_config(arch: str, size: str = "tiny"):
     ids = QWEN_TOKEN_IDS
+    shape = _SHAPES[size]
+    width, heads, head_dim, mrope = shape["hidden"], shape["heads"], shape["head_dim"], shape["mrope_section"]
     common_text = dict(
         vocab_size=QWEN_VOCAB_ROWS,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=shape["kv_heads"],
         max_position_embeddings=32768,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=True,
     )
+    # The vision tower has the language model's width and head count (its output is projected to that width anyway).
+    vision = dict(depth=2, hidden_size=width, intermediate_size=2 * width, num_heads=heads, out_hidden_size=width)
     if arch == "qwen3":
         from transformers import Qwen3Config
 
-        return Qwen3Config(**common_text, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        return Qwen3Config(**common_text, head_dim=head_dim, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     special = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -169,14 +187,14 @@ def _model_config(arch: str):
     if arch == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
-        # head_dim 16 -> mrope_section must sum to 8 (temporal, height, width halves of the rotary dims)
+        # Qwen2.5-VL derives head_dim from hidden_size / num_attention_heads
         return Qwen2_5_VLConfig(
             text_config=dict(
-                common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+                common_text, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope}
             ),
             vision_config=dict(
-                depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=14,
-                spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], in_channels=3,
+                vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                fullatt_block_indexes=[1], in_channels=3,
             ),
             **special,
         )
@@ -185,13 +203,12 @@ def _model_config(arch: str):
     return Qwen3VLConfig(
         text_config=dict(
             common_text,
-            head_dim=16,
-            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            head_dim=head_dim,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": mrope, "mrope_interleaved": True},
         ),
         vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=16,
-            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256, deepstack_visual_indexes=[1],
-            in_channels=3,
+            vision, patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+            deepstack_visual_indexes=[1], in_channels=3,
         ),
         **special,
     )
@@ -207,12 +224,14 @@ def _generation_config():
     )
 
 
-def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: int = 0) -> Path:
-    """Write a complete tiny checkpoint of ``arch`` into ``out`` (created; existing files are overwritten)."""
+def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: int = 0, size: Size = "tiny") -> Path:
+    """Write a complete checkpoint of ``arch`` and ``size`` into ``out`` (created; existing files are overwritten)."""
     if arch not in _SPECS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    if size not in _SHAPES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     if arch in TEXT_ARCHS:
-        return _build_text_model(Path(out), arch, seed)
+        return _build_text_model(Path(out), arch, seed, size)
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -249,7 +268,7 @@ def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: in
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=template
     )
 
-    model = AutoModelForImageTextToText.from_config(_model_config(arch), dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_config(_model_config(arch, size), dtype=torch.float32)
     _initialise(model, seed)
     model.generation_config = _generation_config()
     model.save_pretrained(out)
@@ -258,7 +277,7 @@ def build_tiny_model(out: str | os.PathLike, arch: Arch = "qwen2_5_vl", seed: in
     return out
 
 
-def _build_text_model(out: Path, arch: str, seed: int) -> Path:
+def _build_text_model(out: Path, arch: str, seed: int, size: str) -> Path:
     """The text-only judge: ``Qwen3ForCausalLM``, the real vocabulary and Qwen3's own chat template."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -266,7 +285,7 @@ def _build_text_model(out: Path, arch: str, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _write_tokenizer_files(arch, out)
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    model = AutoModelForCausalLM.from_config(_model_config(arch), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(_model_config(arch, size), dtype=torch.float32)
     _initialise(model, seed)
     model.generation_config = _generation_config()
     model.save_pretrained(out)
@@ -324,23 +343,25 @@ def _normalise_processor_files(out: Path) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _cache_key(arch: str, seed: int) -> str:
+def _cache_key(arch: str, seed: int, size: str = "tiny") -> str:
     """Hash of everything that shapes the built checkpoint, so a stale cache is never reused."""
     import transformers
 
     h = hashlib.sha256()
-    h.update(f"{BUILDER_VERSION}|{arch}|{seed}|{transformers.__version__}".encode())
+    # "tiny" adds nothing, so the tiny checkpoints' keys (and caches) are the ones they had before sizes existed
+    h.update(f"{BUILDER_VERSION}|{arch}|{seed}|{transformers.__version__}{'' if size == 'tiny' else '|' + size}".encode())
     h.update(_template_bytes(arch))
     h.update(Path(__file__).read_bytes())
     h.update((tokenizer_source_dir() / "tokenizer.json").read_bytes()[:65536])
     return h.hexdigest()[:16]
 
 
-def tiny_model_dir(arch: Arch = "qwen2_5_vl", seed: int = 0) -> Path:
-    """Path of a cached tiny checkpoint, built on first use and verified on every use (:func:`cached_build`)."""
-    key = _cache_key(arch, seed)
-    target = cache_root() / "tiny_models" / f"{arch}-seed{seed}-{key}"
-    return cached_build(target, key, lambda staging: build_tiny_model(staging, arch, seed))[0]
+def tiny_model_dir(arch: Arch = "qwen2_5_vl", seed: int = 0, size: Size = "tiny") -> Path:
+    """Path of a cached checkpoint, built on first use and verified on every use (:func:`cached_build`)."""
+    key = _cache_key(arch, seed, size)
+    name = f"{arch}-seed{seed}-{key}" if size == "tiny" else f"{arch}-{size}-seed{seed}-{key}"
+    target = cache_root() / "tiny_models" / name
+    return cached_build(target, key, lambda staging: build_tiny_model(staging, arch, seed, size))[0]
 
 
 def directory_size_mb(path: Path) -> float:
@@ -352,12 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory to write the checkpoint into")
     parser.add_argument("--arch", choices=ARCHS, default="qwen2_5_vl")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=SIZES, default="tiny", help="small: vLLM-servable widths (default: tiny)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    out = build_tiny_model(args.out, args.arch, args.seed)
+    out = build_tiny_model(args.out, args.arch, args.seed, args.size)
     print(
-        f"wrote tiny {args.arch} checkpoint (seed {args.seed}) to {out}: "
+        f"wrote {args.size} {args.arch} checkpoint (seed {args.seed}) to {out}: "
         f"{directory_size_mb(out):.1f} MB in {time.perf_counter() - start:.1f} s"
     )
     return 0
