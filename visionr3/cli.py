@@ -22,7 +22,10 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from visionr3.demo.run import run_demo
 
-    return run_demo(output_dir=args.output_dir, warmup_steps=args.warmup_steps, steps=args.steps, n=args.n, recipe=args.recipe)
+    return run_demo(
+        output_dir=args.output_dir, warmup_steps=args.warmup_steps, steps=args.steps, n=args.n, recipe=args.recipe,
+        rollout=args.rollout,
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -67,6 +70,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument(
         "--recipe", default="visionr3", choices=["visionr3", "vision_sr1"],
         help="visionr3: zoom tool + rule reward; vision_sr1: Vision-SR1 self-reward (text-only second pass)",
+    )
+    demo.add_argument(
+        "--rollout", default="hf", choices=["hf", "vllm"],
+        help="hf: our HF-transformers replica (default); vllm: verl's vLLM rollout on vLLM's CPU build (slower start)",
     )
     demo.set_defaults(func=_demo)
     train = sub.add_parser(

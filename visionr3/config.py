@@ -136,6 +136,7 @@ class VisionR3Settings:
     judge: Mapping[str, Any]
     shaping: Mapping[str, Any]
     decouple: Mapping[str, float] | None
+    verify_weight_sync: bool | None = None
 
     @property
     def apply_ratio(self) -> bool:
@@ -183,4 +184,5 @@ class VisionR3Settings:
             judge=dict(judge),
             shaping=dict(shaping),
             decouple=(block.get("advantage") or {}).get("decouple") or None,
+            verify_weight_sync=block.get("verify_weight_sync"),
         )

@@ -1,15 +1,16 @@
 """The CPU demo behind ``visionr3 demo`` (README's first quickstart command): verl's real GRPO trainer, on CPU.
 
-    visionr3 demo [--output-dir outputs/cpu_demo] [--warmup-steps 100] [--steps 3]
+    visionr3 demo [--output-dir outputs/cpu_demo] [--warmup-steps 100] [--steps 3] [--rollout hf|vllm]
 
 Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores, less with a warm cache):
 
 1. **model** — the tiny offline Qwen2.5-VL with the real Qwen vocabulary (cached, :mod:`visionr3.testing.tiny_model`);
+   with ``--rollout vllm`` its ``small`` size, the smallest vLLM's CPU attention serves;
 2. **data** — the synthetic "name the colour of the small square" task as verl parquet (:mod:`visionr3.demo.synthetic`);
 3. **warm-up** — supervised fine-tuning on synthetic tool-using demonstrations (:mod:`visionr3.demo.warmup`), the papers'
    cold start, so the policy emits well-formed ``image_zoom_in_tool`` calls (cached by its settings);
 4. **GRPO** — ``visionr3 train --config-name cpu_demo`` in a child process: verl's trainer with the CPU platform, the
-   HF rollout replica, ``visionr3_agent`` + crop/zoom tool and the ``exact_match_plus_format`` rule reward; per-step
+   HF rollout replica (``--rollout vllm``: verl's own vLLM replica, preset ``cluster/cpu_vllm.yaml``), ``visionr3_agent`` + crop/zoom tool and the ``exact_match_plus_format`` rule reward; per-step
    metrics go to verl's file logger. ``--recipe vision_sr1`` runs Vision-SR1 instead: description/think/boxed
    answers, the text-only self-reward pass through the same rollout server, and decoupled answer/visual advantages;
 5. **merge** — verl's ``model_merger`` turns the last FSDP checkpoint into a Hugging Face directory, which is
@@ -85,6 +86,13 @@ DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
 }
 
 
+DEMO_ROLLOUTS: dict[str, tuple[str, str]] = {
+    # rollout -> (tiny_model size, cluster preset)
+    "hf": ("tiny", "cpu"),
+    "vllm": ("small", "cpu_vllm"),  # vLLM's CPU attention needs head_dim >= 32: the small size has 64
+}
+
+
 def read_step_metrics(path: Path) -> list[dict]:
     """verl's file-logger JSONL: one ``{"step": n, "data": {...}}`` per step (validation lines have no actor loss)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -99,6 +107,7 @@ def run_demo(
     n: int = 4,
     train_rows: int = 32,
     recipe: str = "visionr3",
+    rollout: str = "hf",
 ) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from visionr3.demo.synthetic import write_parquet
@@ -110,9 +119,12 @@ def run_demo(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    base = tiny_model_dir("qwen2_5_vl")
+    if rollout not in DEMO_ROLLOUTS:
+        raise ValueError(f"visionr3 demo: unknown rollout {rollout!r}; expected one of {sorted(DEMO_ROLLOUTS)}")
+    size, preset = DEMO_ROLLOUTS[rollout]
+    base = tiny_model_dir("qwen2_5_vl", size=size)
     timings["model_s"] = time.perf_counter() - start
-    print(f"[1/5] model: tiny Qwen2.5-VL (real Qwen vocabulary) at {base}", flush=True)
+    print(f"[1/5] model: {size} Qwen2.5-VL (real Qwen vocabulary) at {base}", flush=True)
 
     if recipe not in DEMO_RECIPES:
         raise ValueError(f"visionr3 demo: unknown recipe {recipe!r}; expected one of {sorted(DEMO_RECIPES)}")
@@ -142,10 +154,11 @@ def run_demo(
         "trainer.logger=[console,file]",
         # verl's rollout dump with visionr3's columns: `visionr3 view <output-dir>/rollouts` shows what the policy did
         f"trainer.rollout_data_dir={out / 'rollouts'}",
+        f"cluster={preset}",
         *overrides,
     ]
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file)}
-    print(f"[4/5] GRPO: {steps} steps of verl's trainer (rollout n={n}); log: {out / 'train.log'}", flush=True)
+    print(f"[4/5] GRPO: {steps} steps of verl's trainer ({rollout} rollout, n={n}); log: {out / 'train.log'}", flush=True)
     start = time.perf_counter()
     with open(out / "train.log", "w") as log:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
@@ -179,6 +192,7 @@ def run_demo(
         "steps": len(rows),
         "reward_mean": [row["critic/score/mean"] for row in rows],
         "recipe": recipe,
+        "rollout": rollout,
         "accuracy": [row.get("visionr3/reward/accuracy/mean") for row in rows],
         "visual": [row.get("visionr3/reward/visual/mean") for row in rows],
         "self_answered_rate": [row.get("visionr3/self_reward/answered_rate") for row in rows],

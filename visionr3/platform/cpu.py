@@ -57,6 +57,17 @@ Workarounds, each inert unless this platform is the selected one:
    post-import hook for that module when the CPU platform is requested; the hook re-checks that the CPU platform is
    the active one before registering.
 
+3. **vLLM's CPU linear layers cannot take new weights** (:func:`keep_vllm_linear_weights`). vLLM's CPU build packs
+   every unquantized linear weight for oneDNN after loading (``dispatch_cpu_unquantized_gemm``,
+   ``vllm/model_executor/layers/utils.py``) and replaces ``layer.weight`` by an empty parameter without its
+   ``weight_loader``; the embedding-tied ``lm_head`` keeps its weight but computes from a packed copy. verl's weight
+   sync then calls ``model.load_weights`` on that model (``vLLMColocateWorkerExtension._update_weights``) and dies with
+   ``'Parameter' object has no attribute 'weight_loader'`` — or, for the head, would silently generate from stale
+   weights. With ``vllm._custom_ops._supports_onednn`` off, vLLM takes its own fallback (``F.linear`` on the live
+   weight), so every synced weight is the one used. It is armed like (2), in processes that import verl with the CPU
+   platform requested — which includes vLLM's workers, because verl's worker extension is imported before the model
+   loads; a standalone ``vllm serve`` (no verl) keeps oneDNN.
+
 Ray resources: verl's resource pools reserve the platform's ``ray_resource_name()`` per worker
 (``RayResourcePool.get_placement_groups`` in ``verl/single_controller/ray/base.py``) and
 ``ResourcePoolManager._check_resource_available`` counts only ``"GPU"``/``"NPU"``. We keep ``"GPU"`` and declare
@@ -422,7 +433,15 @@ def register() -> bool:
     if requested and not _engine_hook_armed:
         _engine_hook_armed = True
         after_import(_ENGINE_MODULE, register_cpu_engines)
+        after_import("vllm._custom_ops", keep_vllm_linear_weights)
     return requested
+
+
+def keep_vllm_linear_weights(custom_ops: types.ModuleType) -> None:
+    """Workaround (3) of the module docstring: vLLM's CPU linear layers keep their weights, so verl can sync them."""
+    if getattr(custom_ops, "_supports_onednn", False):
+        custom_ops._supports_onednn = False
+        logger.info("visionr3: vLLM's oneDNN weight packing is off (CPU platform): synced weights take effect")
 
 
 _engine_hook_armed = False

@@ -154,8 +154,62 @@ def actor_weight_digests(actor_self: Any, dtype: str | None = None) -> dict[str,
     return digests if rank == 0 and peft_config is None else None
 
 
+def actor_weight_fingerprint(actor_self: Any) -> dict[str, float] | None:
+    """Runs in every trainer worker (``__ray_call__``): :func:`~visionr3.rollout.vllm_weights.weight_fingerprint` of
+    the actor's full parameters as the weight sync sends them. A tied ``lm_head`` (equal to the embedding it is tied
+    to) is counted once, as vLLM holds it. ``None`` on ranks other than 0 and for LoRA adapters."""
+    import torch
+
+    from visionr3.rollout.vllm_weights import weight_fingerprint
+
+    worker = _engine_worker(actor_self)
+    params, peft_config = worker.actor.engine.get_per_tensor_param(
+        layered_summon=getattr(worker, "layered_summon", False), base_sync_done=True
+    )
+    full: dict[str, torch.Tensor] = {}
+    for name, tensor in params:
+        tensor = tensor.detach()
+        full[name] = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    embeddings = [t for name, t in full.items() if name.endswith("embed_tokens.weight")]
+    tied = [name for name in full if name.endswith("lm_head.weight") and any(torch.equal(full[name], e) for e in embeddings)]
+    fingerprint = weight_fingerprint(full.items(), skip=tied)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return fingerprint if rank == 0 and peft_config is None else None
+
+
+def _vllm_sync_metrics(actor_wg: Any, servers: Sequence[Any], prefix: str) -> dict[str, float]:
+    """The check for verl's vLLM replicas: the actor's fingerprint against every vLLM worker's."""
+    import logging
+    import time
+
+    import ray
+
+    from visionr3.rollout.vllm_weights import fingerprints_agree, vllm_server_fingerprints
+
+    start = time.perf_counter()
+    results = ray.get([worker.__ray_call__.remote(actor_weight_fingerprint) for worker in actor_wg.workers])
+    expected = next((r for r in results if r is not None), None)
+    if expected is None:  # LoRA adapters: nothing comparable
+        return {}
+    engines = [fp for per_server in vllm_server_fingerprints(servers) for fp in per_server]
+    stale = [fp for fp in engines if not fingerprints_agree(expected, fp)]
+    if stale:
+        logging.getLogger(__name__).warning(
+            "visionr3: %d vLLM worker(s) do not hold the actor's weights after the sync: actor %s, engine %s",
+            len(stale), expected, stale[0],
+        )
+    scale = max(abs(expected["sumsq"]), 1e-30)
+    return {
+        f"{prefix}match": float(not stale),
+        f"{prefix}mismatched": float(len(stale)),
+        f"{prefix}sumsq_rel_diff": max(abs(fp["sumsq"] - expected["sumsq"]) / scale for fp in engines),
+        f"{prefix}check_s": time.perf_counter() - start,
+    }
+
+
 def weight_sync_metrics(actor_wg: Any, replicas: Sequence[Any], prefix: str = "visionr3/weight_sync/") -> dict[str, float]:
-    """Compare the actor's weights with every HF replica's (see the module docstring); ``{}`` without HF replicas."""
+    """Compare the actor's weights with every rollout replica's (see the module docstring): digests for HF replicas,
+    fingerprints for verl's vLLM replicas; ``{}`` for other backends."""
     import logging
     import time
 
@@ -164,6 +218,9 @@ def weight_sync_metrics(actor_wg: Any, replicas: Sequence[Any], prefix: str = "v
     from visionr3.rollout.hf.digests import replica_weight_report
     from visionr3.rollout.hf.replica import HFReplica
 
+    vllm_servers = [server for replica in replicas if type(replica).__name__ == "vLLMReplica" for server in replica.servers]
+    if vllm_servers:
+        return _vllm_sync_metrics(actor_wg, vllm_servers, prefix)
     servers = [replica.server_handle for replica in replicas if isinstance(replica, HFReplica)]
     if not servers:
         return {}
@@ -204,7 +261,12 @@ class VisionR3SyncTrainer(PPOTrainerSync):
         from visionr3.rollout.hf.config import ROLLOUT_NAME, _engine_options
 
         rollout = self.config.actor_rollout_ref.rollout
-        if rollout.name != ROLLOUT_NAME or not _engine_options(rollout).get("verify_weight_sync", True):
+        forced = self._visionr3_block().verify_weight_sync
+        if rollout.name == ROLLOUT_NAME:
+            enabled = _engine_options(rollout).get("verify_weight_sync", True) if forced is None else forced
+        else:
+            enabled = rollout.name == "vllm" and bool(forced)
+        if not enabled:
             return
         metrics = weight_sync_metrics(self.actor_rollout_wg, self.checkpoint_manager.replicas, prefix)
         self._pending_sync_metrics = {**(getattr(self, "_pending_sync_metrics", None) or {}), **metrics}
