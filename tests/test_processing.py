@@ -175,24 +175,45 @@ def test_process_vision_info_orders_images_and_refuses_video():
         process_vision_info([{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}])
 
 
-@pytest.mark.skipif(torchvision_usable(), reason="the stand-ins exist only where torchvision cannot load")
-def test_runtime_stand_in_is_idempotent_and_refuses_videos(processor):
-    import transformers.models.qwen2_vl as qwen2_vl
+WITHOUT_TORCHVISION = """
+import json, sys
 
-    first = qwen2_vl.Qwen2VLVideoProcessor
-    prepare_runtime()
-    prepare_runtime()
-    assert qwen2_vl.Qwen2VLVideoProcessor is first
-    with pytest.raises(NotImplementedError, match="torchvision"):
-        processor.video_processor.preprocess(videos=[])
+sys.modules["torchvision"] = None  # as if not installed: `import` fails and find_spec says None
+import visionr3.platform.transformers_hook as hook
+hook.install()  # what the .pth file `make venv` writes there does in every process
+import transformers.models.qwen2_vl as q, transformers.processing_utils as pu
+from PIL import Image
+from visionr3.processing import load_processor, prepare_runtime, torchvision_usable
+
+first = q.Qwen2VLVideoProcessor
+prepare_runtime(); prepare_runtime()
+processor = load_processor(sys.argv[1])
+features = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (64, 64), "red")])
+try:
+    processor.video_processor.preprocess(videos=[])
+    refused = ""
+except NotImplementedError as error:
+    refused = str(error)
+print(json.dumps({
+    "usable": torchvision_usable(), "idempotent": q.Qwen2VLVideoProcessor is first,
+    "stand_in": q.Qwen2VLVideoProcessor.__module__, "base": pu.transformers_module.BaseVideoProcessor.__module__,
+    "image_processor": type(processor.image_processor).__name__, "grid": features["image_grid_thw"].tolist(),
+    "refused": refused,
+}))
+"""
 
 
-@pytest.mark.skipif(torchvision_usable(), reason="the hook is installed only where torchvision cannot load")
-def test_cpu_venv_hook_prepares_every_process():
-    """`make venv` installs a .pth hook: a plain `import transformers` in a fresh interpreter gets the stand-ins."""
-    code = (
-        "import transformers.models.qwen2_vl as q, transformers.processing_utils as pu; "
-        "print(q.Qwen2VLVideoProcessor.__module__, pu.transformers_module.BaseVideoProcessor.__module__)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["visionr3.processing", "transformers.video_processing_utils"]
+def test_machines_without_torchvision_get_the_images_only_stand_ins(tiny_model_dirs):
+    """The project's venv has a torchvision that loads (docs/vllm-on-cpu.md), but a CPU-only torch install does not:
+    there, the hook `make venv` would install (a .pth calling ``transformers_hook.install``) makes every Qwen-VL
+    processor buildable with images-only video-processor stand-ins (idempotent, refusing videos) and the PIL image
+    processor. Run in a subprocess where importing torchvision fails."""
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCHVISION, str(tiny_model_dirs["qwen2_5_vl"])],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]
+    result = json.loads(out)
+    assert result["usable"] is False and result["idempotent"]
+    assert result["stand_in"] == "visionr3.processing" and result["base"] == "transformers.video_processing_utils"
+    assert result["image_processor"] == "Qwen2VLImageProcessorPil" and result["grid"] == [[1, 4, 4]]
+    assert "torchvision" in result["refused"]

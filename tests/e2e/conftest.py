@@ -37,6 +37,9 @@ from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
 
 PARALLEL = 2
+SLOTS = {"demo:vllm": 2}
+"""Runs that need both slots: verl's vLLM rollout holds a vLLM server (4-6 GB) beside its trainer (~5 GB), so it runs
+alone, never beside the HF pair (docs/vllm-on-cpu.md)."""
 VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
 RESPONSE_LENGTH = {"zoom": 384, "visionthink": 160, "vlm_r3": 320, "vision_sr1": 128}
 """Tokens per trajectory: room for the recipe's image turn (a quadrant crop is 169 tokens, the resized image 64)."""
@@ -81,12 +84,13 @@ class Warmups:
         "import sys\n"
         "from visionr3.demo.run import warmup_checkpoint\n"
         "from visionr3.testing.tiny_model import tiny_model_dir\n"
-        "base = tiny_model_dir('qwen2_5_vl')\n"
         "for spec in sys.argv[1:]:\n"
-        "    task, steps = spec.split(':')\n"
-        "    path = warmup_checkpoint(base, int(steps), task=task, log_every=0)[0]\n"
-        "    print(f'warm-up\\t{task}\\t{path}', flush=True)\n"
+        "    task, steps, size = spec.split(':')\n"
+        "    path = warmup_checkpoint(tiny_model_dir('qwen2_5_vl', size=size), int(steps), task=task, log_every=0)[0]\n"
+        "    print(f'warm-up\\t{task}:{size}\\t{path}', flush=True)\n"
     )
+    SMALL = ("zoom", 100)
+    """The vLLM demo's policy: the demo's own warm-up of the ``small`` model (vLLM cannot serve the tiny one)."""
 
     def __init__(self, log: Path):
         self.log = log
@@ -94,11 +98,12 @@ class Warmups:
         self.lock = threading.Lock()
         self.process: subprocess.Popen | None = None
 
-    def path(self, recipe: str) -> Path:
-        task, _ = WARMUP[recipe]
+    def path(self, recipe: str, size: str = "tiny") -> Path:
+        task = f"{(WARMUP[recipe] if size == 'tiny' else self.SMALL)[0]}:{size}"
         with self.lock:
             if self.process is None:
-                specs = list(dict.fromkeys(f"{t}:{n}" for t, n in WARMUP.values()))  # launch order, zoom first
+                # launch order: zoom first, the vLLM demo's (which runs last) last
+                specs = list(dict.fromkeys([*(f"{t}:{n}:tiny" for t, n in WARMUP.values()), "{}:{}:small".format(*self.SMALL)]))
                 with open(self.log, "w") as err:
                     self.process = subprocess.Popen([sys.executable, "-c", self.CHILD, *specs], stdout=subprocess.PIPE,
                                                     stderr=err, text=True)
@@ -164,6 +169,11 @@ class Pool:
             self.warmups.path("zoom")  # the demo's own warm-up (same key), built here rather than inside the subprocess
             return [VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"
 
+        def demo_vllm() -> tuple[list[str], Path]:
+            self.warmups.path("zoom", size="small")
+            directory = root / "demo_vllm"
+            return [VISIONR3, "demo", "--rollout", "vllm", "--output-dir", str(directory), "--steps", "2", "--n", "4"], directory
+
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
             def prepare() -> tuple[list[str], Path]:
                 directory = root / name
@@ -174,7 +184,7 @@ class Pool:
 
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
-        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order)]
+        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order), ("demo:vllm", demo_vllm)]
 
     def _prepare_all(self, jobs, ready: "queue.Queue") -> None:
         """Builds each run's policy and command in launch order (warm-ups are CPU work: the next one trains while
@@ -192,14 +202,19 @@ class Pool:
             jobs = self._jobs()
             ready: queue.Queue = queue.Queue()
             threading.Thread(target=self._prepare_all, args=(jobs, ready), name="e2e-prepare", daemon=True).start()
-            pending, running = len(jobs), {}
-            deadline = time.monotonic() + 2400
+            pending, running, waiting = len(jobs), {}, None
+            deadline = time.monotonic() + 3000
             while (pending or running) and not self.stopping:
-                while pending and len(running) < PARALLEL:
-                    try:
-                        name, prepared = ready.get_nowait()
-                    except queue.Empty:
-                        break
+                while pending and sum(SLOTS.get(name, 1) for name in running) < PARALLEL:
+                    if waiting is None:
+                        try:
+                            waiting = ready.get_nowait()
+                        except queue.Empty:
+                            break
+                    name, prepared = waiting
+                    if sum(SLOTS.get(n, 1) for n in running) + SLOTS.get(name, 1) > PARALLEL:
+                        break  # the next run needs more slots than are free: wait for the running ones
+                    waiting = None
                     pending -= 1
                     if isinstance(prepared, BaseException):
                         raise RuntimeError(f"preparing the e2e run {name!r} failed: {prepared!r}") from prepared
@@ -207,7 +222,7 @@ class Pool:
                     directory.mkdir(parents=True, exist_ok=True)
                     log = directory / "run.log"
                     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(directory / "metrics.jsonl")}
-                    if name == "demo":
+                    if name.startswith("demo"):
                         env.pop("VERL_FILE_LOGGER_PATH")  # the demo names its own metrics file
                     with open(log, "w") as out:
                         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=directory, env=env)

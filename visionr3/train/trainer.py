@@ -203,6 +203,8 @@ def _vllm_sync_metrics(actor_wg: Any, servers: Sequence[Any], prefix: str) -> di
         f"{prefix}match": float(not stale),
         f"{prefix}mismatched": float(len(stale)),
         f"{prefix}sumsq_rel_diff": max(abs(fp["sumsq"] - expected["sumsq"]) / scale for fp in engines),
+        # the first worker's fingerprint: a test can match it to a saved checkpoint, and tell syncs apart
+        **{f"{prefix}engine_{key}": float(engines[0][key]) for key in ("numel", "sum", "sumsq")},
         f"{prefix}check_s": time.perf_counter() - start,
     }
 

@@ -1,0 +1,75 @@
+"""verl's own vLLM rollout, executed: `visionr3 demo --rollout vllm --steps 2 --n 4` on vLLM's CPU build.
+
+The production path of every GPU user — verl's ``vLLMReplica`` and ``vLLMHttpServer``, its agent loop feeding tool
+images into vLLM's multimodal input, its bucketed weight sync after every update — run on the ``small`` offline
+Qwen2.5-VL (head_dim 64, which vLLM's CPU attention needs) with ``cluster/cpu_vllm.yaml``. tests/e2e/conftest.py
+runs it alone, after the HF runs (a vLLM server and a trainer together take ~10 GB).
+
+What the checks read is what the trainer and the engine held: verl's rollout dump with the batch's image digests, the
+log-prob comparison verl makes between vLLM's tokens and the actor's recomputation, the weight fingerprints of the
+engine that visionr3's check reads after every sync (visionr3/rollout/vllm_weights.py), and the saved checkpoint.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from visionr3.rollout.vllm_weights import fingerprints_agree, weight_fingerprint
+
+
+@pytest.fixture(scope="module")
+def demo(e2e_runs):
+    run = e2e_runs["demo:vllm"]
+    run.check()
+    summary = json.loads((run.directory / "summary.json").read_text())
+    rows = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines() if line.strip()]
+    return summary, [row["data"] for row in rows if "actor/pg_loss" in row["data"]]
+
+
+def test_the_demo_ran_on_verls_vllm_rollout(demo):
+    summary, steps = demo
+    assert summary["rollout"] == "vllm" and summary["steps"] == 2 and len(steps) == 2
+    assert max(summary["tool_call_rate"]) > 0, "the warmed-up small policy did not call the crop tool"
+    log = (Path(summary["metrics_file"]).parent / "train.log").read_text(errors="replace")
+    assert "vLLMHttpServer" in log and "HFServer" not in log  # verl's server generated, not our replica
+
+
+def test_tool_images_reached_vllm_and_the_trainers_batch(demo, rollout_dump, batch_image_oracle):
+    """vLLM generated every turn after the tool's crops were added to its multimodal input: vLLM refuses a prompt
+    whose image placeholders and images disagree, so a trajectory with k images was served with all k. Each dumped
+    trajectory's batch images are its prompt image and the crops of its valid calls, re-made from the row's source."""
+    summary, _ = demo
+    rows = rollout_dump(Path(summary["rollout_dir"]))
+    assert len(rows) == 2 * 8
+    assert any(row["valid_tool_calls"] > 0 for row in rows), "no valid crop in 2 steps x 8 rollouts"
+    for row in rows:
+        assert len(row["batch_images"]) == row["num_images"] == 1 + row["valid_tool_calls"]
+        batch_image_oracle.check(row, Path(summary["train_files"]), "crop_zoom.yaml")
+
+
+def test_vllm_generated_with_the_actors_weights_after_every_update(demo):
+    """The engine's weights equal the actor's after the first sync and after each update (fingerprints), every update
+    changed them, and vLLM's log-probs of its own tokens match the actor's recomputation (fp32 on both sides: a
+    stale engine after an update would differ by the update itself)."""
+    _, steps = demo
+    first, second = steps
+    assert first["visionr3/weight_sync/initial_match"] == 1.0
+    assert all(row["visionr3/weight_sync/match"] == 1.0 and row["visionr3/weight_sync/sumsq_rel_diff"] < 1e-9 for row in steps)
+    engines = [first["visionr3/weight_sync/initial_engine_sumsq"], first["visionr3/weight_sync/engine_sumsq"],
+               second["visionr3/weight_sync/engine_sumsq"]]
+    assert len(set(engines)) == 3, f"a weight sync did not change the engine's weights: {engines}"
+    for row in steps:
+        assert row["training/rollout_probs_diff_max"] < 1e-3, row["training/rollout_probs_diff_max"]
+
+
+def test_the_engine_held_the_saved_checkpoint(demo):
+    """The fingerprint of the last FSDP checkpoint is the one the engine reported after the last sync."""
+    summary, steps = demo
+    state = torch.load(Path(summary["checkpoint_dir"]) / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
+    shard = {name: tensor.to_local() if hasattr(tensor, "to_local") else tensor for name, tensor in state.items()}
+    tied = [name for name in shard if name.endswith("lm_head.weight")]
+    saved = weight_fingerprint(shard.items(), skip=tied)  # the small model ties lm_head to the embedding
+    engine = {key: steps[-1][f"visionr3/weight_sync/engine_{key}"] for key in ("numel", "sum", "sumsq")}
+    assert fingerprints_agree(saved, engine), (saved, engine)
