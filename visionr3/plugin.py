@@ -37,6 +37,8 @@ torch, ray, omegaconf and transformers — have been imported). So it must not i
    - ``verl.workers.rollout`` -> ``visionr3.rollout.hf.registry`` (rollout ``"hf"``: the replica, used by the
      TaskRunner, and the weight-sync adapter, used by every trainer worker).
    - ``verl.trainer.ppo.v1`` -> ``visionr3.train.trainer`` (``trainer.v1.trainer_mode=visionr3_sync``).
+   - ``verl.workers.rollout.vllm_rollout.utils`` -> ``visionr3.rollout.vllm_weights`` (the weight-fingerprint method
+     on verl's vLLM worker extension, which vLLM's workers import).
 
    Add new registrations there. Agent loops named by ``_target_`` in an agent-loop config file need nothing: verl
    imports them by path.
@@ -54,6 +56,7 @@ DEFERRED_IMPORTS: dict[str, tuple[str, ...]] = {
     "verl.experimental.agent_loop": ("visionr3.agent.parsers",),
     "verl.workers.rollout": ("visionr3.rollout.hf.registry",),
     "verl.trainer.ppo.v1": ("visionr3.train.trainer",),
+    "verl.workers.rollout.vllm_rollout.utils": ("visionr3.rollout.vllm_weights",),
 }
 
 

@@ -174,6 +174,17 @@ class Pool:
             directory = root / "demo_vllm"
             return [VISIONR3, "demo", "--rollout", "vllm", "--output-dir", str(directory), "--steps", "2", "--n", "4"], directory
 
+        def judge_vllm() -> tuple[list[str], Path]:
+            """The zoom recipe's step with its judge served by vLLM inside the job (verl's GenRM + reward router):
+            the HF policy (~5 GB) beside the vLLM judge (~4 GB), one slot."""
+            directory = root / "judge_vllm"
+            directory.mkdir(parents=True, exist_ok=True)
+            command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
+            command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
+            judge = tiny_model_dir("qwen3", size="small")
+            return [*command, "+judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
+                    "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
+
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
             def prepare() -> tuple[list[str], Path]:
                 directory = root / name
@@ -184,7 +195,8 @@ class Pool:
 
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
-        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order), ("demo:vllm", demo_vllm)]
+        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order), ("judge:vllm", judge_vllm),
+                ("demo:vllm", demo_vllm)]
 
     def _prepare_all(self, jobs, ready: "queue.Queue") -> None:
         """Builds each run's policy and command in launch order (warm-ups are CPU work: the next one trains while

@@ -8,10 +8,13 @@ element count, sum and sum of squares of every parameter, accumulated in float64
 optimiser step moves every weight: one Adam step of lr 1e-4 on the small model changes the sum of squares by ~1e-3
 relative, six orders above the float64 rounding of the sums (:data:`RTOL`).
 
-Reading the engine's side goes through verl's own server: ``vLLMHttpServer.collective_rpc`` runs a callable in every
-vLLM worker (:func:`worker_fingerprint`) but drops the results, so :func:`vllm_server_fingerprints` schedules
-``engine.collective_rpc`` as a task inside the server actor (``__ray_call__``) and polls it for the return value —
-nothing of verl's is copied or replaced. The trainer's check (:func:`visionr3.train.trainer.weight_sync_metrics`) uses
+Reading the engine's side goes through verl's own server and vLLM's own RPC. vLLM runs a worker method named by a
+string in every worker (``engine.collective_rpc``); a function cannot travel to its engine process (msgspec refuses
+it, and a pickled one is pickled again by the executor), so :func:`register_worker_method` adds
+``visionr3_weight_fingerprint`` to verl's worker extension class — the class vLLM mixes into its workers — when verl
+imports it (the plug-in's deferred imports, in vLLM's worker processes too). ``vLLMHttpServer.collective_rpc`` drops
+results, so :func:`vllm_server_fingerprints` schedules ``engine.collective_rpc`` inside the server actor
+(``__ray_call__``) and polls it for the return value. Nothing of verl's is copied or replaced. The trainer's check (:func:`visionr3.train.trainer.weight_sync_metrics`) uses
 this for ``rollout.name=vllm`` and the digests for ``hf``.
 """
 
@@ -63,21 +66,46 @@ def worker_fingerprint(worker: Any) -> dict[str, float]:
     return weight_fingerprint(worker.model_runner.model.named_parameters())
 
 
+WORKER_METHOD = "visionr3_weight_fingerprint"
+_EXTENSION_MODULE = "verl.workers.rollout.vllm_rollout.utils"
+
+
+def _add_worker_method(utils: Any) -> None:
+    def visionr3_weight_fingerprint(self) -> dict[str, float]:
+        return worker_fingerprint(self)
+
+    setattr(utils.vLLMColocateWorkerExtension, WORKER_METHOD, visionr3_weight_fingerprint)
+
+
+def register_worker_method() -> None:
+    """Give verl's vLLM worker extension the fingerprint method, once verl imports it (now, if it has). Idempotent."""
+    from visionr3.platform import after_import
+
+    after_import(_EXTENSION_MODULE, _add_worker_method)
+
+
 def _start(server: Any) -> None:
-    """Runs in verl's ``vLLMHttpServer`` actor, on its event loop: schedule the engine-wide collective RPC."""
+    """Runs in verl's ``vLLMHttpServer`` actor: schedule the engine-wide collective RPC on the engine's event loop.
+    Ray runs a synchronous call of an async actor (``__ray_call__``) outside that loop, so the loop is taken from the
+    engine's own output-handler task and the coroutine handed to it thread-safely."""
     import asyncio
 
-    setattr(server, _TASK_ATTR, asyncio.get_running_loop().create_task(server.engine.collective_rpc(worker_fingerprint)))
+    coroutine = server.engine.collective_rpc(WORKER_METHOD)
+    try:
+        future = asyncio.get_running_loop().create_task(coroutine)  # called on the loop itself (another Ray version)
+    except RuntimeError:
+        future = asyncio.run_coroutine_threadsafe(coroutine, server.engine.output_handler.get_loop())
+    setattr(server, _TASK_ATTR, future)
 
 
 def _poll(server: Any) -> Any:
     """``None`` while the RPC runs; then its result (one fingerprint per vLLM worker), or the error it raised."""
-    task = getattr(server, _TASK_ATTR, None)
-    if task is None or not task.done():
+    future = getattr(server, _TASK_ATTR, None)
+    if future is None or not future.done():
         return None
     setattr(server, _TASK_ATTR, None)
-    error = task.exception()
-    return {"error": f"{type(error).__name__}: {error}"} if error else {"result": task.result()}
+    error = future.exception()
+    return {"error": f"{type(error).__name__}: {error}"} if error else {"result": future.result()}
 
 
 def vllm_server_fingerprints(servers: Sequence[Any], timeout_s: float = 300.0) -> list[list[dict[str, float]]]:
@@ -100,4 +128,9 @@ def vllm_server_fingerprints(servers: Sequence[Any], timeout_s: float = 300.0) -
     return [r["result"] for r in results]
 
 
-__all__ = ["RTOL", "fingerprints_agree", "vllm_server_fingerprints", "weight_fingerprint", "worker_fingerprint"]
+register_worker_method()
+
+__all__ = [
+    "RTOL", "fingerprints_agree", "register_worker_method", "vllm_server_fingerprints", "weight_fingerprint",
+    "worker_fingerprint",
+]

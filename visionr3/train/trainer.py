@@ -30,8 +30,11 @@ With ``trainer.rollout_data_dir`` set, the dump also carries, per row, what verl
 visionr3's shaping (``reward_score``) and the dataset row (``row_index``) — so a test can re-make a crop from the
 row's source image and find its pixels in the batch the actor trained on.
 
-**Weight-sync check** (HF rollout only; ``actor_rollout_ref.rollout.engine_kwargs.hf.verify_weight_sync``, default
-on): after verl's every weight sync (the one after ``init`` and the one ending each step), the trainer reads the
+**Weight-sync check** (``visionr3.verify_weight_sync``: null = on for the HF rollout, where
+``actor_rollout_ref.rollout.engine_kwargs.hf.verify_weight_sync`` can still turn it off, and off for vLLM; true/false
+forces it). For verl's vLLM replicas it compares fingerprints (:mod:`visionr3.rollout.vllm_weights`: element count,
+sum and sum of squares, since vLLM fuses and renames tensors) and logs ``match``, ``mismatched``, ``sumsq_rel_diff``
+and the first worker's ``engine_numel/sum/sumsq``. For HF replicas: after verl's every weight sync (the one after ``init`` and the one ending each step), the trainer reads the
 actor's full parameters from its FSDP engine (:func:`actor_weight_digests`, one ``__ray_call__`` per trainer worker,
 independent of the sync path) and asks each replica's server for the digest of the weight each name loads into
 (:meth:`~visionr3.rollout.hf.server.HFServer.get_weight_digests`). It logs ``visionr3/weight_sync/match`` (1.0 when
