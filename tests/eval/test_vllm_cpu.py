@@ -155,30 +155,25 @@ def test_vllm_engine_greedy_records_and_stop_strings_match_hf(policy, marks, hf_
 
 
 @pytest.fixture(scope="module")
-def served(policy):
-    from visionr3.testing.vllm_server import VLLMServer, rss_mb
-
-    server = VLLMServer(policy, max_images=4)
-    server.start()
-    print(f"vllm serve: healthy after {server.start_seconds:.0f} s, {rss_mb(server.pids()):.0f} MiB RSS in {len(server.pids())} processes")
-    yield server
-    server.stop()
+def vllm_model(policy) -> str:
+    """What tests/conftest.py's ``vllm_server`` serves for this module."""
+    return policy
 
 
-def test_openai_backend_against_vllm_serve_matches_hf(policy, marks, hf_records, served, tmp_path):
+def test_openai_backend_against_vllm_serve_matches_hf(policy, marks, hf_records, vllm_server, tmp_path):
     """`--backend openai` against ``vllm serve`` of the same checkpoint: the hf backend's greedy records, every turn.
 
     Later turns go through the documented lossy step (the reply's text is re-tokenised, the prompt re-rendered by the
     server), so equality of every turn is not guaranteed in general; here every turn the policy writes is the
     tokeniser's own split of its text, and the test asserts that it holds."""
-    records = evaluate(policy, marks, tmp_path / "api.jsonl", "openai", base_url=served.base_url)
+    records = evaluate(policy, marks, tmp_path / "api.jsonl", "openai", base_url=vllm_server.base_url)
     assert [r.key for r in records] == [r.key for r in hf_records]
     for a, b in zip(records, hf_records):
         assert a.num_turns == b.num_turns, (a.num_turns, b.num_turns)
         assert turns(a) == turns(b), f"{a.key}: vllm serve's greedy turns differ from hf's:\nserve: {turns(a)}\nhf:    {turns(b)}"
 
 
-def test_vllm_serve_reply_ends_and_stop_strings_as_the_openai_backend_reads_them(marks, served):
+def test_vllm_serve_reply_ends_and_stop_strings_as_the_openai_backend_reads_them(marks, vllm_server):
     """What :func:`visionr3.eval.openai_backend.reply_token_ids` relies on, asked of ``vllm serve`` directly: a turn
     that ended by end-of-sequence has ``finish_reason`` "stop", ``stop_reason`` None and — with
     ``skip_special_tokens: false`` and ``include_stop_str_in_output: true`` — the EOS text at the end of its text;
@@ -188,11 +183,11 @@ def test_vllm_serve_reply_ends_and_stop_strings_as_the_openai_backend_reads_them
 
     image = first_image(marks)
     content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": QUESTION}]
-    body = {"model": served.served_model, "temperature": 0.0, "max_tokens": 64, "messages": [{"role": "user", "content": content}],
+    body = {"model": vllm_server.served_model, "temperature": 0.0, "max_tokens": 64, "messages": [{"role": "user", "content": content}],
             "skip_special_tokens": False, "spaces_between_special_tokens": False, "include_stop_str_in_output": True}
     with httpx.Client(timeout=120) as client:
-        end = client.post(f"{served.base_url}/chat/completions", json=body).raise_for_status().json()["choices"][0]
-        stop = client.post(f"{served.base_url}/chat/completions", json={**body, "stop": STOP}).raise_for_status().json()["choices"][0]
+        end = client.post(f"{vllm_server.base_url}/chat/completions", json=body).raise_for_status().json()["choices"][0]
+        stop = client.post(f"{vllm_server.base_url}/chat/completions", json={**body, "stop": STOP}).raise_for_status().json()["choices"][0]
     text = end["message"]["content"]
     assert end["finish_reason"] == "stop" and end["stop_reason"] is None and text.endswith("<|im_end|>"), end
     first = min((text.index(s) + len(s), s) for s in STOP if s in text)  # (where it ends, which one)
@@ -200,13 +195,13 @@ def test_vllm_serve_reply_ends_and_stop_strings_as_the_openai_backend_reads_them
     assert stop["message"]["content"] == text[: first[0]], (stop["message"]["content"], text)
 
 
-def test_vllm_server_stops_its_whole_process_group(served):
+def test_vllm_server_stops_its_whole_process_group(vllm_server):
     """The helper's stop: SIGTERM to the server's process group (API server and engine core), nothing left after."""
     from visionr3.testing.vllm_server import group_members
 
-    group = served.process.pid
-    assert len(served.pids()) >= 2  # the API server and the engine core it spawned
+    group = vllm_server.process.pid
+    assert len(vllm_server.pids()) >= 2  # the API server and the engine core it spawned
     started = time.perf_counter()
-    served.stop()
+    vllm_server.stop()
     print(f"vllm serve stopped in {time.perf_counter() - started:.1f} s")
     assert group_members(group) == []

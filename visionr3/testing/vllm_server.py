@@ -61,7 +61,7 @@ def serve_args(model_dir: str | os.PathLike, *, port: int, served_model: str | N
 class VLLMServer:
     """``vllm serve model_dir`` on a free loopback port; :attr:`base_url` is its ``/v1`` root once started.
 
-    ``max_images``: ``--limit-mm-per-prompt`` (0 for a text-only model). ``extra``: more ``vllm serve`` arguments.
+    ``max_images``: ``--limit-mm-per-prompt`` (default 4 for a checkpoint with a ``vision_config``, else none). ``extra``: more ``vllm serve`` arguments.
     ``start_timeout``: seconds to wait for ``/health``. The log goes to ``log_path`` (a temporary file by default)."""
 
     def __init__(
@@ -70,7 +70,7 @@ class VLLMServer:
         *,
         served_model: str | None = None,
         max_model_len: int = 4096,
-        max_images: int = 4,
+        max_images: int | None = None,
         extra: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         start_timeout: float = 600.0,
@@ -84,6 +84,9 @@ class VLLMServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         cpu = not on_cuda()
+        if max_images is None:
+            config = json.loads((Path(model_dir) / "config.json").read_text())
+            max_images = 4 if "vision_config" in config else 0
         self.args = serve_args(model_dir, port=self.port, served_model=served_model, max_model_len=max_model_len,
                                max_images=max_images, cpu=cpu, extra=extra)
         self.env = {**(CPU_ENV if cpu else {}), **os.environ, **(env or {})}
