@@ -135,3 +135,17 @@ def ray_cluster():
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_model):
+    """``vllm serve`` of the module's ``vllm_model`` fixture (a checkpoint path), one per test module, on loopback.
+
+    Start-up takes minutes on 2 cores, and a server holds GiBs: modules share nothing, so at most one runs at a time.
+    A server that cannot start raises (:class:`visionr3.testing.vllm_server.VLLMServerError`, with its log's tail):
+    the tests error, they never skip."""
+    from visionr3.testing.vllm_server import VLLMServer, rss_mb
+
+    with VLLMServer(vllm_model) as server:
+        print(f"vllm serve: healthy after {server.start_seconds:.0f} s, {rss_mb(server.pids()):.0f} MiB RSS in {len(server.pids())} processes")
+        yield server

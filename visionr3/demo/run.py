@@ -35,10 +35,11 @@ from pathlib import Path
 
 
 def warmup_checkpoint(
-    base_dir: Path, steps: int, seed: int = 0, task: str = "zoom", log_every: int = 10
+    base_dir: Path, steps: int, seed: int = 0, task: str = "zoom", log_every: int = 10, lr: float = 1e-2
 ) -> tuple[Path, float]:
     """A cached warm-up of ``base_dir``: ``(checkpoint, seconds spent training)``, 0.0 when the cache answered.
     ``log_every=0`` trains silently (a caller in a background thread must not print into another's stdout).
+    ``lr``: 1e-2 suits the tiny models; the small ones (head_dim 64) garble their calls at it and learn at 3e-3.
 
     Keyed by the settings, the warm-up code, the tool YAML and the base model's weights (their sha256, not the path),
     and verified on every read like the tiny models (:func:`visionr3.testing.cache.cached_build`)."""
@@ -52,7 +53,8 @@ def warmup_checkpoint(
     data_max_pixels = int(OmegaConf.load(config_path("cluster", "cpu.yaml")).data.max_pixels)
     tool_config = config_path("tools", "crop_zoom.yaml")
     key = hashlib.sha256(
-        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}".encode()
+        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}"
+        f"{'' if lr == 1e-2 else f'|{lr}'}".encode()  # the default adds nothing: existing caches keep their keys
         + Path(__file__).with_name("warmup.py").read_bytes()
         + tool_config.read_bytes()
     ).hexdigest()[:16]
@@ -62,7 +64,7 @@ def warmup_checkpoint(
         nonlocal seconds
         seconds = supervised_warmup(
             base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed,
-            lr=1e-2, task=task, log_every=log_every,
+            lr=lr, task=task, log_every=log_every,
         )["seconds"]
 
     target, _ = cached_build(cache_root() / "warmup" / key, key, build)

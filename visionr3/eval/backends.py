@@ -6,7 +6,7 @@ behind that call; evaluation puts one of these, in the evaluating process:
 
 * ``hf`` — :class:`visionr3.rollout.hf.server.HFServer` constructed in-process (the same class the CPU trainer
   rolls out with; transformers ``generate``, CPU or one GPU);
-* ``vllm`` — :class:`VLLMEngineClient`, vLLM's ``AsyncLLM`` engine in-process (GPU), called exactly as verl's
+* ``vllm`` — :class:`VLLMEngineClient`, vLLM's ``AsyncLLM`` engine in-process (GPU, or vLLM's CPU build), called exactly as verl's
   ``vLLMHttpServer.generate`` calls it (``TokensPrompt`` with the expanded image pads de-duplicated, the images as
   ``multi_modal_data``), so evaluation sees the engine training saw;
 * ``openai`` — :class:`visionr3.eval.openai_backend.OpenAIChatClient`, any OpenAI-compatible chat endpoint (a
@@ -19,6 +19,7 @@ which concurrent trajectories happen to reach the engine.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from typing import Any
@@ -72,12 +73,23 @@ def hf_client(rollout_config: Any, model_path: str):
     return HFServer(rollout_config, model_path)
 
 
+CPU_KVCACHE_SPACE_GIB = "1"
+"""``VLLM_CPU_KVCACHE_SPACE`` when unset: 1 GiB holds an eval batch of the tiny models many times over (vLLM's CPU
+default takes a share of the machine's memory, beside a trainer on a 24 GB box)."""
+
+
 class VLLMEngineClient:
-    """vLLM's ``AsyncLLM`` in this process, behind verl's token-in/token-out ``generate`` (GPU only).
+    """vLLM's ``AsyncLLM`` in this process, behind verl's token-in/token-out ``generate`` (GPU, or vLLM's CPU build).
 
     The request is built as verl 0.9.1's ``vLLMHttpServer.generate`` builds it: ``max_tokens`` defaults to the
     rollout budget and is clamped to the context left, ``logprobs`` is off, the Qwen2.5-VL image pads that the agent
-    loop expanded are collapsed again (vLLM expands them itself), images go in ``multi_modal_data``."""
+    loop expanded are collapsed again (vLLM expands them itself), images go in ``multi_modal_data``.
+
+    Without CUDA (vLLM's CPU build) the engine gets what that build needs: ``dtype`` float32 unless given (the
+    checkpoints' and the hf backend's dtype, so greedy runs compare), ``enforce_eager`` (no compile warm-up: minutes
+    on 2 cores), no ``gpu_memory_utilization`` (the CPU KV cache is ``VLLM_CPU_KVCACHE_SPACE`` GiB, defaulted to
+    :data:`CPU_KVCACHE_SPACE_GIB`). Its attention needs ``head_dim >= 32``. The engine spawns its engine-core
+    process, so a script that builds this client needs an ``if __name__ == "__main__":`` guard."""
 
     def __init__(
         self,
@@ -90,8 +102,9 @@ class VLLMEngineClient:
         gpu_memory_utilization: float = 0.85,
         max_images: int = 16,
         seed: int = 0,
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
     ):
+        import torch
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -99,15 +112,19 @@ class VLLMEngineClient:
         self.prompt_length = int(prompt_length)
         self.response_length = int(response_length)
         self.max_model_len = self.prompt_length + self.response_length
+        if torch.cuda.is_available():
+            device_args: dict[str, Any] = {"gpu_memory_utilization": float(gpu_memory_utilization), "dtype": dtype or "bfloat16"}
+        else:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_SPACE_GIB)  # read by the engine core it spawns
+            device_args = {"dtype": dtype or "float32", "enforce_eager": True}
         args = AsyncEngineArgs(
             model=model_path,
             tensor_parallel_size=int(tensor_parallel_size),
-            gpu_memory_utilization=float(gpu_memory_utilization),
             max_model_len=self.max_model_len,
             limit_mm_per_prompt={"image": int(max_images)},
             seed=int(seed),
-            dtype=dtype,
             enable_prefix_caching=True,
+            **device_args,
         )
         self.engine = AsyncLLM.from_engine_args(args)
 
@@ -157,6 +174,13 @@ class VLLMEngineClient:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+    async def aclose(self) -> None:
+        """:meth:`shutdown` from the event loop the engine answered on: its output tasks, cancelled by the shutdown,
+        get to finish there (closing the loop with them pending logs "Task was destroyed but it is pending")."""
+        self.shutdown()
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 __all__ = ["SeededClient", "VLLMEngineClient", "hf_client", "stable_seed"]

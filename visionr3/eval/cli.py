@@ -18,8 +18,9 @@ from visionr3.eval.protocol import EvalProtocol
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
-        "backends: hf (transformers in this process: CPU, or one GPU), vllm (vLLM's engine in this process, GPU),\n"
-        "openai (any OpenAI-compatible chat endpoint, e.g. `vllm serve <ckpt>`: --base-url http://host:8000/v1).\n"
+        "backends: hf (transformers in this process: CPU, or one GPU), vllm (vLLM's engine in this process: GPU, or\n"
+        "vLLM's CPU build in float32, eager), openai (any OpenAI-compatible chat endpoint, e.g. `vllm serve <ckpt>`:\n"
+        "--base-url http://host:8000/v1).\n"
         "Every knob below is written into each record's `protocol`; resuming under other knobs is refused."
     )
     parser.add_argument("--model", required=True, help="a Hugging Face checkpoint directory (`visionr3 merge` output)")
@@ -33,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     backend.add_argument("--served-model", help="openai backend: the model name the server knows (default: --model)")
     backend.add_argument("--api-key-env", help="openai backend: NAME of the environment variable with the API key")
     backend.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend (default: 1)")
-    backend.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm backend (default: 0.85)")
+    backend.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm backend on GPU (default: 0.85; on CPU the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, default 1)")
     p = parser.add_argument_group("protocol")
     defaults = EvalProtocol()
     p.add_argument("--samples", type=int, default=1, help="k answers per question, accuracy averaged (default: 1)")

@@ -322,12 +322,11 @@ class Evaluator:
         sock = getattr(self.inner_client, "_port_sock", None)  # the hf server's reserved (never served) HTTP port
         if sock is not None:
             sock.close()
-        shutdown = getattr(self.inner_client, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
-        close = getattr(self.inner_client, "aclose", None)
-        if callable(close):
+        close, shutdown = getattr(self.inner_client, "aclose", None), getattr(self.inner_client, "shutdown", None)
+        if callable(close):  # on this loop: the one the client's tasks and sessions live on
             self.loop.run_until_complete(close())
+        elif callable(shutdown):
+            shutdown()
         if self.protocol.scoring == "judge":  # the judge clients this loop opened (their HTTP sessions)
             from visionr3.reward.judge.client import close_judge_clients
 

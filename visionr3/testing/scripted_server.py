@@ -12,10 +12,10 @@ vLLM's behaviour that the agent loop can observe:
 * token ids are the script text tokenised with ``tokenizer.encode(text, add_special_tokens=False)``;
 * **stop strings** (``sampling_params["stop"]``, a list or one string): the text is cut right after the
   earliest-ending stop string, tokenised, and no ``<|im_end|>`` is appended — vLLM with
-  ``include_stop_str_in_output=True``. (vLLM's flag is about its *text*, which verl does not read; that the returned
-  token ids keep the stop string's tokens either way is our reading of vLLM, not yet confirmed on a GPU. Where a
-  real model's last token runs past the stop string, e.g. one token ``"]},"``, vLLM returns that token while we
-  return the tokens of the cut text);
+  ``include_stop_str_in_output=True``. (vLLM's flag is about its *text*, which verl does not read; the returned
+  token ids keep the stop string's tokens either way — confirmed on vLLM's CPU build, tests/eval/test_vllm_cpu.py.
+  Where a real model's last token runs past the stop string, e.g. one token ``"]},"``, vLLM returns that token
+  while we return the tokens of the cut text);
 * **end of turn**: otherwise the turn ends with ``<|im_end|>`` (the Qwen EOS), appended unless the text already
   contains it — text after an ``<|im_end|>`` or after a token in ``sampling_params["stop_token_ids"]`` is never
   generated, as with a real model;
