@@ -37,7 +37,7 @@ from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
 
 PARALLEL = 2
-SLOTS = {"demo:vllm": 2}
+SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2}
 """Runs that need both slots: verl's vLLM rollout holds a vLLM server (4-6 GB) beside its trainer (~5 GB), so it runs
 alone, never beside the HF pair (docs/vllm-on-cpu.md)."""
 VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
@@ -86,11 +86,13 @@ class Warmups:
         "from visionr3.testing.tiny_model import tiny_model_dir\n"
         "for spec in sys.argv[1:]:\n"
         "    task, steps, size = spec.split(':')\n"
-        "    path = warmup_checkpoint(tiny_model_dir('qwen2_5_vl', size=size), int(steps), task=task, log_every=0)[0]\n"
+        "    lr = 1e-2 if size == 'tiny' else 3e-3  # the demo's (visionr3.demo.run.DEMO_ROLLOUTS)\n"
+        "    path = warmup_checkpoint(tiny_model_dir('qwen2_5_vl', size=size), int(steps), task=task, lr=lr, log_every=0)[0]\n"
         "    print(f'warm-up\\t{task}:{size}\\t{path}', flush=True)\n"
     )
-    SMALL = ("zoom", 100)
-    """The vLLM demo's policy: the demo's own warm-up of the ``small`` model (vLLM cannot serve the tiny one)."""
+    SMALL = ("zoom", "visionthink")
+    """Recipes whose policy is also warmed up on the ``small`` model, for the vLLM runs (vLLM cannot serve the tiny
+    one): the demo's zoom and VisionThink's resize."""
 
     def __init__(self, log: Path):
         self.log = log
@@ -99,11 +101,12 @@ class Warmups:
         self.process: subprocess.Popen | None = None
 
     def path(self, recipe: str, size: str = "tiny") -> Path:
-        task = f"{(WARMUP[recipe] if size == 'tiny' else self.SMALL)[0]}:{size}"
+        task = f"{WARMUP[recipe][0]}:{size}"
         with self.lock:
             if self.process is None:
-                # launch order: zoom first, the vLLM demo's (which runs last) last
-                specs = list(dict.fromkeys([*(f"{t}:{n}:tiny" for t, n in WARMUP.values()), "{}:{}:small".format(*self.SMALL)]))
+                # launch order: zoom first, the vLLM runs' (which run last) last
+                specs = list(dict.fromkeys([*(f"{t}:{n}:tiny" for t, n in WARMUP.values()),
+                                            *(f"{WARMUP[r][0]}:{WARMUP[r][1]}:small" for r in self.SMALL)]))
                 with open(self.log, "w") as err:
                     self.process = subprocess.Popen([sys.executable, "-c", self.CHILD, *specs], stdout=subprocess.PIPE,
                                                     stderr=err, text=True)
@@ -182,8 +185,16 @@ class Pool:
             command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
             command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
             judge = tiny_model_dir("qwen3", size="small")
-            return [*command, "+judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
+            return [*command, "judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
+                    "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
                     "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
+
+        def visionthink_vllm() -> tuple[list[str], Path]:
+            """VisionThink's step on verl's vLLM rollout: the resize tool's full-resolution image goes back into vLLM."""
+            directory = root / "visionthink_vllm"
+            directory.mkdir(parents=True, exist_ok=True)
+            policy = self.warmups.path("visionthink", size="small")
+            return [*recipe_command("visionthink", directory, self.judge.base_url, policy), "cluster=cpu_vllm"], directory
 
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
             def prepare() -> tuple[list[str], Path]:
@@ -196,7 +207,7 @@ class Pool:
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
         return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order), ("judge:vllm", judge_vllm),
-                ("demo:vllm", demo_vllm)]
+                ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
 
     def _prepare_all(self, jobs, ready: "queue.Queue") -> None:
         """Builds each run's policy and command in launch order (warm-ups are CPU work: the next one trains while

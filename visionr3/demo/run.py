@@ -88,10 +88,11 @@ DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-DEMO_ROLLOUTS: dict[str, tuple[str, str]] = {
-    # rollout -> (tiny_model size, cluster preset)
-    "hf": ("tiny", "cpu"),
-    "vllm": ("small", "cpu_vllm"),  # vLLM's CPU attention needs head_dim >= 32: the small size has 64
+DEMO_ROLLOUTS: dict[str, tuple[str, str, float]] = {
+    # rollout -> (tiny_model size, cluster preset, warm-up lr)
+    "hf": ("tiny", "cpu", 1e-2),
+    # vLLM's CPU attention needs head_dim >= 32: the small size has 64. At lr 1e-2 its greedy calls were token soup.
+    "vllm": ("small", "cpu_vllm", 3e-3),
 }
 
 
@@ -123,7 +124,7 @@ def run_demo(
     start = time.perf_counter()
     if rollout not in DEMO_ROLLOUTS:
         raise ValueError(f"visionr3 demo: unknown rollout {rollout!r}; expected one of {sorted(DEMO_ROLLOUTS)}")
-    size, preset = DEMO_ROLLOUTS[rollout]
+    size, preset, warmup_lr = DEMO_ROLLOUTS[rollout]
     base = tiny_model_dir("qwen2_5_vl", size=size)
     timings["model_s"] = time.perf_counter() - start
     print(f"[1/5] model: {size} Qwen2.5-VL (real Qwen vocabulary) at {base}", flush=True)
@@ -137,7 +138,7 @@ def run_demo(
 
     start = time.perf_counter()
     print(f"[3/5] warm-up: {warmup_steps} supervised steps on synthetic {task} demonstrations", flush=True)
-    policy, trained_s = warmup_checkpoint(base, warmup_steps, task=task)
+    policy, trained_s = warmup_checkpoint(base, warmup_steps, task=task, lr=warmup_lr)
     timings["warmup_s"] = time.perf_counter() - start
     print(f"      policy: {policy} ({'trained' if trained_s else 'cached'}, {timings['warmup_s']:.0f} s)", flush=True)
 
