@@ -185,8 +185,11 @@ class Pool:
             command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
             command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
             judge = tiny_model_dir("qwen3", size="small")
+            # the zoom CPU variant names its loopback stub as the judge model; vLLM serves the judge under its path
             return [*command, "judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
+                    f"visionr3.reward.judge.model={judge}",
                     "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
+                    "visionr3.reward.judge.timeout=300",  # the CPU variant's 30 s: a loaded 2-core machine took longer
                     "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
 
         def visionthink_vllm() -> tuple[list[str], Path]:
