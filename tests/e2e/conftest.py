@@ -190,6 +190,9 @@ class Pool:
                     f"visionr3.reward.judge.model={judge}",
                     "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
                     "visionr3.reward.judge.timeout=300",  # the CPU variant's 30 s: a loaded 2-core machine took longer
+                    # VLM-R3's answer extraction (the <answer> tag, else the last line): every trajectory that wrote
+                    # anything is judged, whether or not the tiny policy closed with an answer in its few turns
+                    "visionr3.reward.formula=vlm_r3",
                     "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
 
         def visionthink_vllm() -> tuple[list[str], Path]:
