@@ -53,6 +53,11 @@ call of a step; after 100, 31 of 32 sampled resize calls and 31 of 32 inline box
 hermes boxes, after its long tools prompt, about 1 in 3). tests/e2e/test_recipes_cpu.py says what each test relies on."""
 
 
+ZOOM_RECIPE_LR = 5e-3
+"""The zoom step's warm-up lr. With the venv's CUDA build of torch (2026-12-06) the demo's lr 1e-2 left a policy whose
+4 sampled trajectories wrote no answer and mostly malformed calls; at 5e-3: 3 valid crops of 4 and an answer."""
+
+
 @dataclass
 class Run:
     """One finished e2e subprocess: its exit code (or "timeout"), its log, its output directory and its wall time."""
@@ -85,10 +90,10 @@ class Warmups:
         "from visionr3.demo.run import warmup_checkpoint\n"
         "from visionr3.testing.tiny_model import tiny_model_dir\n"
         "for spec in sys.argv[1:]:\n"
-        "    task, steps, size = spec.split(':')\n"
-        "    lr = 1e-2 if size == 'tiny' else 3e-3  # the demo's (visionr3.demo.run.DEMO_ROLLOUTS)\n"
-        "    path = warmup_checkpoint(tiny_model_dir('qwen2_5_vl', size=size), int(steps), task=task, lr=lr, log_every=0)[0]\n"
-        "    print(f'warm-up\\t{task}:{size}\\t{path}', flush=True)\n"
+        "    task, steps, size, lr, seed = spec.split(':')\n"
+        "    base = tiny_model_dir('qwen2_5_vl', size=size)\n"
+        "    path = warmup_checkpoint(base, int(steps), task=task, lr=float(lr), seed=int(seed), log_every=0)[0]\n"
+        "    print(f'warm-up\\t{spec}\\t{path}', flush=True)\n"
     )
     SMALL = ("zoom", "visionthink")
     """Recipes whose policy is also warmed up on the ``small`` model, for the vLLM runs (vLLM cannot serve the tiny
@@ -100,13 +105,21 @@ class Warmups:
         self.lock = threading.Lock()
         self.process: subprocess.Popen | None = None
 
-    def path(self, recipe: str, size: str = "tiny") -> Path:
-        task = f"{WARMUP[recipe][0]}:{size}"
+    @staticmethod
+    def spec(recipe: str, size: str = "tiny", lr: float | None = None) -> str:
+        """``task:steps:size:lr:seed``; lr defaults to the demo's for the size (visionr3.demo.run.DEMO_ROLLOUTS)."""
+        task, steps = WARMUP[recipe]
+        return f"{task}:{steps}:{size}:{lr or (1e-2 if size == 'tiny' else 3e-3)}:0"
+
+    def path(self, recipe: str, size: str = "tiny", lr: float | None = None) -> Path:
+        task = self.spec(recipe, size, lr)
         with self.lock:
             if self.process is None:
-                # launch order: zoom first, the vLLM runs' (which run last) last
-                specs = list(dict.fromkeys([*(f"{t}:{n}:tiny" for t, n in WARMUP.values()),
-                                            *(f"{WARMUP[r][0]}:{WARMUP[r][1]}:small" for r in self.SMALL)]))
+                # launch order: the demo's and the zoom step's first, the vLLM runs' (which run last) last
+                specs = list(dict.fromkeys([
+                    self.spec("zoom"), self.spec("zoom", lr=ZOOM_RECIPE_LR),
+                    *(self.spec(r) for r in WARMUP), *(self.spec(r, "small") for r in self.SMALL),
+                ]))
                 with open(self.log, "w") as err:
                     self.process = subprocess.Popen([sys.executable, "-c", self.CHILD, *specs], stdout=subprocess.PIPE,
                                                     stderr=err, text=True)
@@ -206,7 +219,8 @@ class Pool:
             def prepare() -> tuple[list[str], Path]:
                 directory = root / name
                 directory.mkdir(parents=True, exist_ok=True)
-                return recipe_command(name, directory, self.judge.base_url, self.warmups.path(name)), directory
+                policy = self.warmups.path(name, lr=ZOOM_RECIPE_LR if name == "zoom" else None)
+                return recipe_command(name, directory, self.judge.base_url, policy), directory
 
             return prepare
 
