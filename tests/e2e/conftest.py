@@ -190,24 +190,6 @@ class Pool:
             directory = root / "demo_vllm"
             return [VISIONR3, "demo", "--rollout", "vllm", "--output-dir", str(directory), "--steps", "2", "--n", "4"], directory
 
-        def judge_vllm() -> tuple[list[str], Path]:
-            """The zoom recipe's step with its judge served by vLLM inside the job (verl's GenRM + reward router):
-            the HF policy (~5 GB) beside the vLLM judge (~4 GB), one slot."""
-            directory = root / "judge_vllm"
-            directory.mkdir(parents=True, exist_ok=True)
-            command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
-            command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
-            judge = tiny_model_dir("qwen3", size="small")
-            # the zoom CPU variant names its loopback stub as the judge model; vLLM serves the judge under its path
-            return [*command, "judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
-                    f"visionr3.reward.judge.model={judge}",
-                    "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
-                    "visionr3.reward.judge.timeout=300",  # the CPU variant's 30 s: a loaded 2-core machine took longer
-                    # VLM-R3's answer extraction (the <answer> tag, else the last line): every trajectory that wrote
-                    # anything is judged, whether or not the tiny policy closed with an answer in its few turns
-                    "visionr3.reward.formula=vlm_r3",
-                    "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
-
         def visionthink_vllm() -> tuple[list[str], Path]:
             """VisionThink's step on verl's vLLM rollout: the resize tool's full-resolution image goes back into vLLM."""
             directory = root / "visionthink_vllm"
@@ -226,7 +208,7 @@ class Pool:
 
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
-        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order), ("judge:vllm", judge_vllm),
+        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order),
                 ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
 
     def _prepare_all(self, jobs, ready: "queue.Queue") -> None:
