@@ -57,3 +57,38 @@ def test_visionr3_train_names_a_typo_before_ray_starts(tmp_path):
     assert result.returncode != 0
     assert "visionr3.shaping: unknown key(s) ['apply_raito']" in result.stdout + result.stderr
     assert "Started a local Ray instance" not in result.stdout + result.stderr
+
+
+JUDGE = ["judge=local_qwen3", "reward.reward_model.model_path=/tmp/qwen3"]
+
+
+@pytest.mark.parametrize(
+    "overrides, refused",
+    [
+        ([], False),                                                           # colocated: verl wakes it per batch
+        (["reward.reward_model.enable_resource_pool=true"], True),             # own pool, slept at start, never woken
+        (["+judge_pool=a100_1x8"], False),                                     # the GPU preset keeps it awake
+        (["judge=local_qwen3_cpu"], False),                                    # the CPU preset too
+    ],
+)
+def test_a_judge_on_its_own_pool_must_stay_awake(overrides, refused):
+    """verl sleeps a reward model with ``free_cache_engine`` at start and wakes it only on the colocated path: on its
+    own pool every judge request would hang. ``visionr3 train`` refuses that config before Ray starts."""
+    from visionr3.train.main import check_judge_pool
+
+    config = recipe("visionthink", *JUDGE, *overrides)
+    if refused:
+        with pytest.raises(ValueError, match="free_cache_engine=False"):
+            check_judge_pool(config)
+    else:
+        check_judge_pool(config)
+
+
+def test_params_the_formula_does_not_take_are_named_before_ray_starts():
+    """The zoom recipe's ``params: {variant: code}`` is DeepEyes' formula's; switched to VLM-R3's formula, the key is
+    refused here, not at the first scored trajectory inside an agent-loop worker (where it failed every sample)."""
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['variant'\] for formula 'vlm_r3'"):
+        VisionR3Settings.from_config(recipe("zoom", "visionr3.reward.formula=vlm_r3"))
+    assert VisionR3Settings.from_config(recipe("zoom", "visionr3.reward.formula=vlm_r3", "~visionr3.reward.params.variant"))
+    with pytest.raises(ValueError, match="unknown reward formula 'vlm_r4'"):
+        VisionR3Settings.from_config(recipe("zoom", "visionr3.reward.formula=vlm_r4"))

@@ -156,6 +156,7 @@ class VisionR3Settings:
 
         from omegaconf import OmegaConf
 
+        from visionr3.reward.formulas import get_formula
         from visionr3.reward.judge.config import JudgeConfig
         from visionr3.reward.score import JudgeSettings, formula_name
         from visionr3.reward.shaping import ApplyRatioConfig
@@ -176,11 +177,17 @@ class VisionR3Settings:
         if unknown:
             raise ValueError(f"visionr3.reward.judge: unknown key(s) {unknown}; known: {sorted(known_judge)}")
         ApplyRatioConfig.from_dict(shaping.get("apply_ratio"))  # its own keys and values
+        formula = formula_name(reward.get("formula"), reward.get("recipe"))
+        params = dict(reward.get("params") or {})
+        try:  # an unknown formula, or a key it does not take (a recipe's own, after the formula is switched)
+            get_formula(formula).params(params)
+        except KeyError as error:
+            raise ValueError(error.args[0]) from None
         return cls(
             chat_template=block.get("chat_template"),
             prompt_style=block.get("prompt_style"),
-            formula=formula_name(reward.get("formula"), reward.get("recipe")),
-            params=dict(reward.get("params") or {}),
+            formula=formula,
+            params=params,
             judge=dict(judge),
             shaping=dict(shaping),
             decouple=(block.get("advantage") or {}).get("decouple") or None,

@@ -17,6 +17,7 @@ which the tests read what the trainer's batch held. The session summary lists ea
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -158,6 +159,43 @@ def recipe_command(recipe: str, directory: Path, judge_url: str, policy: Path) -
     return command
 
 
+GRADIENT_SIGN = {"sample_seed": 0, "steps": 3, "prefer": "red", "avoid": "green", "lr": 1e-3, "temperature": 0.3, "n": 8}
+"""The gradient-sign run (tests/e2e/test_gradient_sign.py): K GRPO steps on one prompt group. The demo's policy, probed
+on the check's trajectory, puts 0.40 on green and 0.28 on red: both are sampled, and there is room to move either way.
+Temperature 0.3: at 0.5-0.7 three in four of its trajectories wrote no answer (nothing to reward); at 0.3 about five
+in eight answer, both colours among them. lr 1e-3: at 2e-3 the policy stopped answering after one update."""
+
+
+def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
+    """``visionr3 train --config-name cpu_demo`` on :data:`GRADIENT_SIGN`'s K copies of one synthetic row, rewarded by
+    tests/e2e/grad_sign_reward.py (+1 the preferred colour, -1 the avoided one), the last step saved."""
+    import random
+
+    from visionr3.demo.synthetic import make_row, make_sample
+
+    spec = GRADIENT_SIGN
+    row = make_row(make_sample(random.Random(spec["sample_seed"])), index=0)
+    row["extra_info"] = {**row["extra_info"], "prefer": spec["prefer"], "avoid": spec["avoid"]}
+    rows = directory / "rows.parquet"
+    pd.DataFrame([row] * spec["steps"]).to_parquet(rows)
+    (directory / "spec.json").write_text(json.dumps({**spec, "policy": str(policy)}))  # what the test reads back
+    return [
+        VISIONR3, "train", "--config-name", "cpu_demo",
+        f"actor_rollout_ref.model.path={policy}",
+        f"data.train_files={rows}", f"data.val_files={rows}",
+        "data.train_batch_size=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1",
+        f"actor_rollout_ref.rollout.n={spec['n']}",
+        f"actor_rollout_ref.rollout.temperature={spec['temperature']}",
+        f"actor_rollout_ref.actor.optim.lr={spec['lr']}",
+        f"reward.custom_reward_function.path={Path(__file__).with_name('grad_sign_reward.py')}",
+        "reward.custom_reward_function.name=compute_score",
+        f"trainer.total_training_steps={spec['steps']}", f"trainer.save_freq={spec['steps']}",
+        f"trainer.default_local_dir={directory / 'checkpoints'}",
+        "trainer.logger=[console,file]",
+        f"trainer.rollout_data_dir={directory / 'rollouts'}",
+    ]
+
+
 class Pool:
     """The e2e subprocesses, scheduled PARALLEL at a time by a daemon thread; :meth:`result` waits for one run."""
 
@@ -190,12 +228,37 @@ class Pool:
             directory = root / "demo_vllm"
             return [VISIONR3, "demo", "--rollout", "vllm", "--output-dir", str(directory), "--steps", "2", "--n", "4"], directory
 
+        def judge_vllm() -> tuple[list[str], Path]:
+            """The zoom recipe's step with its judge served by vLLM inside the job (verl's GenRM + reward router):
+            the HF policy (~5 GB) beside the vLLM judge (~4 GB), one slot."""
+            directory = root / "judge_vllm"
+            directory.mkdir(parents=True, exist_ok=True)
+            command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
+            command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
+            judge = tiny_model_dir("qwen3", size="small")
+            # the zoom CPU variant names its loopback stub as the judge model; vLLM serves the judge under its path
+            return [*command, "judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
+                    f"visionr3.reward.judge.model={judge}",
+                    "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
+                    "visionr3.reward.judge.timeout=300",  # the CPU variant's 30 s: a loaded 2-core machine took longer
+                    # VLM-R3's answer extraction (the <answer> tag, else the last line): every trajectory that wrote
+                    # anything is judged, whether or not the tiny policy closed with an answer in its few turns
+                    "visionr3.reward.formula=vlm_r3", "~visionr3.reward.params.variant",  # DeepEyes' formula's key
+                    "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
+
         def visionthink_vllm() -> tuple[list[str], Path]:
             """VisionThink's step on verl's vLLM rollout: the resize tool's full-resolution image goes back into vLLM."""
             directory = root / "visionthink_vllm"
             directory.mkdir(parents=True, exist_ok=True)
             policy = self.warmups.path("visionthink", size="small")
             return [*recipe_command("visionthink", directory, self.judge.base_url, policy), "cluster=cpu_vllm"], directory
+
+        def gradient_sign() -> tuple[list[str], Path]:
+            """GRPO on one prompt group, repeated: tests/e2e/test_gradient_sign.py."""
+            directory = root / "gradient_sign"
+            directory.mkdir(parents=True, exist_ok=True)
+            policy = self.warmups.path("zoom")  # the demo's policy (its warm-up is built for the demo anyway)
+            return gradient_sign_command(directory, policy), directory
 
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
             def prepare() -> tuple[list[str], Path]:
@@ -208,8 +271,10 @@ class Pool:
 
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
-        return [("demo", demo), *((f"recipe:{name}", recipe(name)) for name in order),
-                ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
+        jobs = [("demo", demo), ("gradient_sign", gradient_sign), *((f"recipe:{name}", recipe(name)) for name in order),
+                ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
+        only = os.environ.get("VISIONR3_E2E_ONLY")  # a developer's shortcut (docs/development.md); CI runs them all
+        return [job for job in jobs if job[0] in only.split(",")] if only else jobs
 
     def _prepare_all(self, jobs, ready: "queue.Queue") -> None:
         """Builds each run's policy and command in launch order (warm-ups are CPU work: the next one trains while

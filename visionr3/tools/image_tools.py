@@ -25,6 +25,8 @@ Image work runs in a thread so the agent loop's event loop keeps serving other t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import operator
 import re
@@ -60,7 +62,10 @@ class _SourceImageTool(BaseTool):
     """Shared plumbing: per-call ``create_kwargs`` storage and source loading."""
 
     def __init__(self, config: dict, tool_schema: OpenAIFunctionToolSchema | None):
-        super().__init__(config, tool_schema)
+        # verl 0.9.1's BaseTool.__init__ prints the whole schema as JSON on every construction (each agent-loop
+        # worker, the warm-up, eval): into the demo's and eval's consoles. The schema is in the tool YAML already.
+        with contextlib.redirect_stdout(io.StringIO()):
+            super().__init__(config, tool_schema)
         self._calls: dict[str, dict] = {}
         self.resample = RESAMPLE[str(config.get("resample", "bicubic")).lower()]
 

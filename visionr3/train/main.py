@@ -30,7 +30,21 @@ def run(config) -> None:
     # the visionr3 block: an unknown key, or the deprecated visionr3.reward.recipe conflicting with the formula, fails
     # (and a deprecation warns) in the user's terminal now, not at the first scored trajectory inside a reward worker
     VisionR3Settings.from_config(config)
+    check_judge_pool(config)
     run_ppo(config, task_runner_class=TaskRunnerV1)
+
+
+def check_judge_pool(config) -> None:
+    """A reward model on its own pool must not free its cache: verl 0.9.1's ``RewardModelManager`` sleeps every replica
+    at start when ``free_cache_engine`` is set, and only the colocated path (``compute_rm_score``) ever wakes it. On
+    its own pool the judge is reached while rollouts stream, so a slept vLLM engine accepts each request and never
+    schedules it: every judge call would time out, step after step, with no error."""
+    reward_model = config.reward.reward_model
+    if reward_model.enable and reward_model.enable_resource_pool and reward_model.rollout.get("free_cache_engine", True):
+        raise ValueError(
+            "reward.reward_model.enable_resource_pool=True needs reward.reward_model.rollout.free_cache_engine=False: "
+            "verl sleeps a judge on its own pool at start and never wakes it, so every judge request would hang"
+        )
 
 
 def recipe_arguments(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -1,0 +1,18 @@
+"""The gradient-sign check's reward (tests/e2e/test_gradient_sign.py), loaded by verl's reward workers from this path:
++1 for the preferred colour, -1 for the avoided one, 0 for anything else (another colour, no answer). The colour is
+the word right after the last ``<answer>``, closed or not: the tiny policy often stops before ``</answer>``, and what
+the check needs is the answer it chose."""
+
+import re
+
+ANSWER = re.compile(r"<answer>\s*([a-z]+)")
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    answers = ANSWER.findall(solution_str or "")
+    answer = answers[-1] if answers else None
+    if answer == extra_info["prefer"]:
+        return 1.0
+    if answer == extra_info["avoid"]:
+        return -1.0
+    return 0.0
