@@ -50,6 +50,17 @@ def test_trainer_steps_and_metrics(demo, step_rows):
     assert all(len(summary[k]) == 2 for k in ("reward_mean", "tool_call_rate", "step_seconds"))
 
 
+def test_the_curve_and_the_first_and_last_window(demo, step_rows):
+    """``curve.png`` is a real PNG next to summary.json, and the console's first-vs-last line and the summary's windows
+    are the logged accuracies of the first and the last step (a 2-step run has windows of one step)."""
+    directory, stdout, summary = demo
+    assert (directory / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    accuracy = [row["visionr3/reward/accuracy/mean"] for row in step_rows]
+    assert summary["accuracy"] == accuracy
+    assert (summary["accuracy_first_window"], summary["accuracy_last_window"]) == (accuracy[0], accuracy[-1])
+    assert f"first 1 step(s) {accuracy[0]:.2f} -> last 1 step(s) {accuracy[-1]:.2f}" in stdout
+
+
 def test_tool_calls_and_their_crops_reached_the_trainers_batch(demo, rollout_dump, batch_image_oracle):
     """Every dumped trajectory's images in verl's batch (``multi_modal_inputs``: grid and pixel digest per image) are
     exactly its prompt image and the crops of its valid calls, re-made here from the dataset row's source image.

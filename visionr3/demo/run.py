@@ -16,8 +16,9 @@ Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores,
 5. **merge** — verl's ``model_merger`` turns the last FSDP checkpoint into a Hugging Face directory, which is
    reloaded with ``AutoModelForImageTextToText`` and compared with the checkpoint's weights.
 
-Writes ``<output-dir>/summary.json`` with ``steps``, ``reward_mean``, ``accuracy``, ``tool_call_rate``, ``num_turns``,
-``step_seconds``, ``weights_synced`` (per-step lists), ``merged_model_dir``, ``rollout_dir`` (verl's rollout dump with
+Writes ``<output-dir>/curve.png`` (accuracy per step) and ``<output-dir>/summary.json`` with ``steps``, ``reward_mean``,
+``accuracy`` (and its first and last window), ``tool_call_rate``, ``num_turns``, ``step_seconds``, ``weights_synced``
+(per-step lists), ``merged_model_dir``, ``rollout_dir`` (verl's rollout dump with
 visionr3's columns, one ``<step>.jsonl`` per step; ``visionr3 view`` renders it) and the timings of each stage.
 """
 
@@ -113,6 +114,7 @@ def run_demo(
     rollout: str = "hf",
 ) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from visionr3.demo.curve import default_window, plot_accuracy, window_mean
     from visionr3.demo.synthetic import write_parquet
     from visionr3.testing.tiny_model import tiny_model_dir
 
@@ -184,6 +186,13 @@ def run_demo(
             flush=True,
         )
 
+    accuracy = [row.get("visionr3/reward/accuracy/mean") for row in rows]
+    window = default_window(len(rows))
+    first, last = window_mean(accuracy, window), window_mean(accuracy, window, last=True)
+    curve = plot_accuracy({f"{recipe} ({rollout} rollout, n={n})": [accuracy]}, out / "curve.png",
+                          title="visionr3 demo: accuracy per GRPO step")
+    print(f"      accuracy, first {window} step(s) {first:.2f} -> last {window} step(s) {last:.2f}; curve: {curve}", flush=True)
+
     start = time.perf_counter()
     actor_dir = out / "checkpoints" / f"global_step_{steps}" / "actor"
     merged = out / "merged_hf"
@@ -196,7 +205,10 @@ def run_demo(
         "reward_mean": [row["critic/score/mean"] for row in rows],
         "recipe": recipe,
         "rollout": rollout,
-        "accuracy": [row.get("visionr3/reward/accuracy/mean") for row in rows],
+        "accuracy": accuracy,
+        "accuracy_first_window": first,
+        "accuracy_last_window": last,
+        "curve": str(curve),
         "visual": [row.get("visionr3/reward/visual/mean") for row in rows],
         "self_answered_rate": [row.get("visionr3/self_reward/answered_rate") for row in rows],
         "tool_call_rate": [row.get("visionr3/tool_call_rate") for row in rows],
