@@ -9,6 +9,7 @@ hide a missing component. Skips declared by a ``skip``/``skipif`` mark (a ``gpu`
 another platform) stay skips: their condition is in the code, not in the machine's luck.
 """
 
+import contextlib
 import os
 
 # OpenMP's idle threads spin by default: with the e2e trainers, their Ray workers and the unit tests sharing 2 cores,
@@ -138,7 +139,17 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def vllm_server(vllm_model):
+def pool_slot(request):
+    """One of the e2e pool's two slots for the module (tests/e2e/conftest.py, ``Pool.hold``): a test that starts vLLM
+    (4-6 GB) waits until at most one e2e trainer runs, and no other starts beside it. Nothing to wait for without
+    the pool."""
+    pool = getattr(request.config, "visionr3_e2e_pool", None)
+    with pool.hold() if pool is not None else contextlib.nullcontext():
+        yield
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_model, pool_slot):
     """``vllm serve`` of the module's ``vllm_model`` fixture (a checkpoint path), one per test module, on loopback.
 
     Start-up takes minutes on 2 cores, and a server holds GiBs: modules share nothing, so at most one runs at a time.

@@ -17,6 +17,7 @@ which the tests read what the trainer's batch held. The session summary lists ea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -38,9 +39,10 @@ from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
 
 PARALLEL = 2
-SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2}
-"""Runs that need both slots: verl's vLLM rollout holds a vLLM server (4-6 GB) beside its trainer (~5 GB), so it runs
-alone, never beside the HF pair (docs/vllm-on-cpu.md)."""
+SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2, "judge:vllm": 2}
+"""Runs that need both slots: a vLLM server (4-6 GB) beside its trainer (~5 GB) runs alone, never beside the HF pair
+(docs/vllm-on-cpu.md). A unit test that starts vLLM takes one slot for its duration (:meth:`Pool.hold`, through
+tests/conftest.py's ``pool_slot``): beside the HF pair, `vllm serve` took the machine to 21.9 GB of 24."""
 VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
 RESPONSE_LENGTH = {"zoom": 384, "visionthink": 160, "vlm_r3": 320, "vision_sr1": 128}
 """Tokens per trajectory: room for the recipe's image turn (a quadrant crop is 169 tokens, the resized image 64)."""
@@ -196,11 +198,16 @@ def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
     ]
 
 
+SLOW_RUNS = {"gradient_sign": "test_gradient_sign.py"}
+"""Runs whose tests are marked ``slow``: started only when one of those tests is selected (``-m slow``)."""
+
+
 class Pool:
     """The e2e subprocesses, scheduled PARALLEL at a time by a daemon thread; :meth:`result` waits for one run."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, skip: frozenset[str] = frozenset()):
         self.root = root
+        self.skip = skip  # runs whose tests were not selected (SLOW_RUNS)
         self.judge = OpenAIStubServer()
         self.warmups = Warmups(root / "warmups.log")
         self.results: dict[str, Run] = {}
@@ -208,12 +215,32 @@ class Pool:
         self.done = threading.Event()
         self.stopping = False
         self.running: dict[str, subprocess.Popen] = {}
+        self.reserved = 0  # slots held by unit tests (hold)
+        self.slot_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run_all, name="e2e-pool", daemon=True)
 
     def start(self) -> "Pool":
         self.judge.__enter__()
         self.thread.start()
         return self
+
+    def busy(self) -> int:
+        """Slots taken: the running runs' and the unit tests' (:meth:`hold`)."""
+        return sum(SLOTS.get(name, 1) for name in list(self.running)) + self.reserved
+
+    @contextlib.contextmanager
+    def hold(self, slots: int = 1):
+        """Take ``slots`` of the pool's for the ``with`` block: no run starts into them, and the block begins once the
+        running ones leave them free (at most one run's time; never, once the pool is done)."""
+        with self.slot_lock:
+            self.reserved += slots
+        try:
+            while not self.done.is_set() and self.busy() > PARALLEL:
+                time.sleep(1)
+            yield
+        finally:
+            with self.slot_lock:
+                self.reserved -= slots
 
     def _jobs(self) -> list[tuple[str, Callable[[], tuple[list[str], Path]]]]:
         """(name, prepare) in launch order; ``prepare`` builds the run's policy (a cached warm-up) and command."""
@@ -230,7 +257,7 @@ class Pool:
 
         def judge_vllm() -> tuple[list[str], Path]:
             """The zoom recipe's step with its judge served by vLLM inside the job (verl's GenRM + reward router):
-            the HF policy (~5 GB) beside the vLLM judge (~4 GB), one slot."""
+            the HF policy (~5 GB) beside the vLLM judge (~4 GB), alone."""
             directory = root / "judge_vllm"
             directory.mkdir(parents=True, exist_ok=True)
             command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
@@ -273,6 +300,7 @@ class Pool:
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
         jobs = [("demo", demo), ("gradient_sign", gradient_sign), *((f"recipe:{name}", recipe(name)) for name in order),
                 ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
+        jobs = [job for job in jobs if job[0] not in self.skip]
         only = os.environ.get("VISIONR3_E2E_ONLY")  # a developer's shortcut (docs/development.md); CI runs them all
         return [job for job in jobs if job[0] in only.split(",")] if only else jobs
 
@@ -295,14 +323,14 @@ class Pool:
             pending, running, waiting = len(jobs), {}, None
             deadline = time.monotonic() + 3000
             while (pending or running) and not self.stopping:
-                while pending and sum(SLOTS.get(name, 1) for name in running) < PARALLEL:
+                while pending and sum(SLOTS.get(name, 1) for name in running) + self.reserved < PARALLEL:
                     if waiting is None:
                         try:
                             waiting = ready.get_nowait()
                         except queue.Empty:
                             break
                     name, prepared = waiting
-                    if sum(SLOTS.get(n, 1) for n in running) + SLOTS.get(name, 1) > PARALLEL:
+                    if sum(SLOTS.get(n, 1) for n in running) + self.reserved + SLOTS.get(name, 1) > PARALLEL:
                         break  # the next run needs more slots than are free: wait for the running ones
                     waiting = None
                     pending -= 1
@@ -367,7 +395,9 @@ def pytest_collection_modifyitems(session, config, items):
     if any(item.get_closest_marker("slow") is None or "e2e_runs" in getattr(item, "fixturenames", ()) for item in e2e):
         factory = getattr(config, "_tmp_path_factory", None)
         root = factory.mktemp("e2e") if factory is not None else Path(tempfile.mkdtemp(prefix="visionr3-e2e-"))
-        _POOL = Pool(root).start()
+        selected = {Path(str(item.fspath)).name for item in e2e}
+        _POOL = Pool(root, skip=frozenset(run for run, tests in SLOW_RUNS.items() if tests not in selected)).start()
+        config.visionr3_e2e_pool = _POOL  # tests/conftest.py's pool_slot
 
 
 def pytest_terminal_summary(terminalreporter):

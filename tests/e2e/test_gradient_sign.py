@@ -23,6 +23,11 @@ import random
 import pytest
 import torch
 
+# Not in the default suite yet: it needs a policy that answers, and the demo's warm-up does not, reliably. Rebuilt in a
+# fresh clone (another float history), it wrote one answer in 16 trajectories at temperature 0.3, where the copy it was
+# tuned on wrote 12 (NOTE.md, "The gradient-sign check"). Back in the default suite with the learning issue's policy.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(e2e_runs):

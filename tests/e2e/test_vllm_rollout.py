@@ -4,7 +4,7 @@ The production path of every GPU user — verl's ``vLLMReplica`` and ``vLLMHttpS
 turns and images into vLLM's multimodal input, its bucketed weight sync after every update — run on the ``small``
 offline Qwen2.5-VL (head_dim 64, which vLLM's CPU attention needs) with ``cluster/cpu_vllm.yaml``: the demo (crop
 tool) and VisionThink's step (resize tool). tests/e2e/conftest.py runs each alone, after the HF runs (a vLLM server
-and a trainer together take ~10 GB); the zoom step with a vLLM-served judge runs beside one HF run.
+and a trainer together take ~10 GB), as does the zoom step with a vLLM-served judge.
 
 What the checks read is what the trainer and the engine held: verl's rollout dump with the batch's image digests, the
 log-prob comparison verl makes between vLLM's tokens and the actor's recomputation, the weight fingerprints of the

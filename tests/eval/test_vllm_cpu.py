@@ -100,7 +100,7 @@ def stop_cut(tokenizer, ids: list[int], stops: list[str]) -> int:
     return next(k for k in range(1, len(ids) + 1) if any(s in tokenizer.decode(ids[:k]) for s in stops))
 
 
-def test_vllm_engine_greedy_records_and_stop_strings_match_hf(policy, marks, hf_records, tmp_path):
+def test_vllm_engine_greedy_records_and_stop_strings_match_hf(policy, marks, hf_records, tmp_path, pool_slot):
     """`--backend vllm` (vLLM's ``AsyncLLM`` in this process, CPU build, float32) gives the hf backend's greedy
     records turn for turn; on the same engine, token-in/token-out:
 
