@@ -323,14 +323,14 @@ class Pool:
             pending, running, waiting = len(jobs), {}, None
             deadline = time.monotonic() + 3000
             while (pending or running) and not self.stopping:
-                while pending and sum(SLOTS.get(name, 1) for name in running) + self.reserved < PARALLEL:
+                while pending and self.busy() < PARALLEL:
                     if waiting is None:
                         try:
                             waiting = ready.get_nowait()
                         except queue.Empty:
                             break
                     name, prepared = waiting
-                    if sum(SLOTS.get(n, 1) for n in running) + self.reserved + SLOTS.get(name, 1) > PARALLEL:
+                    if self.busy() + SLOTS.get(name, 1) > PARALLEL:
                         break  # the next run needs more slots than are free: wait for the running ones
                     waiting = None
                     pending -= 1

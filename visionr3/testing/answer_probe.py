@@ -47,11 +47,12 @@ def colour_probabilities(
     images = [shown, messages[2]["content"][0]["image"]]
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    context = processor(text=[prefix], images=images, return_tensors="pt")  # the same for every colour
     scores: dict[str, float] = {}
     with torch.no_grad():
         for colour in sorted(COLOURS):
             answer = tokenizer.encode(colour, add_special_tokens=False)
-            inputs = processor(text=[prefix], images=images, return_tensors="pt")
+            inputs = dict(context)
             ids = torch.cat([inputs["input_ids"], torch.tensor([answer])], dim=1)
             inputs["input_ids"] = ids
             inputs["attention_mask"] = torch.ones_like(ids)
