@@ -64,7 +64,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the CPU demo on a tiny offline Qwen-VL model")
     demo.add_argument("--output-dir", default="outputs/cpu_demo", help="where the demo writes its files")
-    demo.add_argument("--warmup-steps", type=int, default=100, help="supervised warm-up steps before RL")
+    demo.add_argument("--warmup-steps", type=int, default=None, help="supervised warm-up steps before RL (default: the rollout's, visionr3.demo.run.DEMO_ROLLOUTS)")
     demo.add_argument("--steps", type=int, default=3, help="GRPO steps")
     demo.add_argument("--n", type=int, default=4, help="rollouts per prompt")
     demo.add_argument(

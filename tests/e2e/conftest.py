@@ -89,13 +89,13 @@ class Warmups:
 
     MARK = "warm-up\t"
     CHILD = (
-        "import sys\n"
+        "import json, sys\n"
         "from visionr3.demo.run import warmup_checkpoint\n"
         "from visionr3.testing.tiny_model import tiny_model_dir\n"
         "for spec in sys.argv[1:]:\n"
-        "    task, steps, size, lr, seed = spec.split(':')\n"
-        "    base = tiny_model_dir('qwen2_5_vl', size=size)\n"
-        "    path = warmup_checkpoint(base, int(steps), task=task, lr=float(lr), seed=int(seed), log_every=0)[0]\n"
+        "    settings = json.loads(spec)\n"
+        "    base = tiny_model_dir('qwen2_5_vl', size=settings.pop('size'))\n"
+        "    path = warmup_checkpoint(base, log_every=0, **settings)[0]\n"
         "    print(f'warm-up\\t{spec}\\t{path}', flush=True)\n"
     )
     SMALL = ("zoom", "visionthink")
@@ -110,18 +110,32 @@ class Warmups:
 
     @staticmethod
     def spec(recipe: str, size: str = "tiny", lr: float | None = None) -> str:
-        """``task:steps:size:lr:seed``; lr defaults to the demo's for the size (visionr3.demo.run.DEMO_ROLLOUTS)."""
+        """:func:`~visionr3.demo.run.warmup_checkpoint`'s settings for a recipe's step, as JSON; lr 1e-2 on the tiny
+        model, 3e-3 on the small one unless given."""
         task, steps = WARMUP[recipe]
-        return f"{task}:{steps}:{size}:{lr or (1e-2 if size == 'tiny' else 3e-3)}:0"
+        return json.dumps({"size": size, "task": task, "steps": steps, "lr": lr or (1e-2 if size == "tiny" else 3e-3), "seed": 0})
+
+    @staticmethod
+    def demo_spec(rollout: str = "hf") -> str:
+        """The settings `visionr3 demo --rollout <rollout>` warms up with (visionr3.demo.run.DEMO_ROLLOUTS): same key."""
+        from visionr3.demo.run import DEMO_ROLLOUTS
+
+        size, _, settings = DEMO_ROLLOUTS[rollout]
+        return json.dumps({"size": size, "task": "zoom", **settings, "seed": 0})
 
     def path(self, recipe: str, size: str = "tiny", lr: float | None = None) -> Path:
-        task = self.spec(recipe, size, lr)
+        return self.wait(self.spec(recipe, size, lr))
+
+    def demo(self, rollout: str = "hf") -> Path:
+        return self.wait(self.demo_spec(rollout))
+
+    def wait(self, task: str) -> Path:
         with self.lock:
             if self.process is None:
                 # launch order: the demo's and the zoom step's first, the vLLM runs' (which run last) last
                 specs = list(dict.fromkeys([
-                    self.spec("zoom"), self.spec("zoom", lr=ZOOM_RECIPE_LR),
-                    *(self.spec(r) for r in WARMUP), *(self.spec(r, "small") for r in self.SMALL),
+                    self.demo_spec(), self.spec("zoom", lr=ZOOM_RECIPE_LR),
+                    *(self.spec(r) for r in WARMUP), self.demo_spec("vllm"), *(self.spec(r, "small") for r in self.SMALL),
                 ]))
                 with open(self.log, "w") as err:
                     self.process = subprocess.Popen([sys.executable, "-c", self.CHILD, *specs], stdout=subprocess.PIPE,
@@ -161,11 +175,20 @@ def recipe_command(recipe: str, directory: Path, judge_url: str, policy: Path) -
     return command
 
 
-GRADIENT_SIGN = {"sample_seed": 0, "steps": 3, "prefer": "red", "avoid": "green", "lr": 1e-3, "temperature": 0.3, "n": 8}
-"""The gradient-sign run (tests/e2e/test_gradient_sign.py): K GRPO steps on one prompt group. The demo's policy, probed
-on the check's trajectory, puts 0.40 on green and 0.28 on red: both are sampled, and there is room to move either way.
-Temperature 0.3: at 0.5-0.7 three in four of its trajectories wrote no answer (nothing to reward); at 0.3 about five
-in eight answer, both colours among them. lr 1e-3: at 2e-3 the policy stopped answering after one update."""
+GRADIENT_SIGN = {"sample_seed": 0, "steps": 3, "lr": 1e-3, "temperature": 1.0, "n": 8}
+"""The gradient-sign run (tests/e2e/test_gradient_sign.py): K GRPO steps on one prompt group, from the demo's policy.
+The rewarded pair is chosen from that policy, probed on the run's own row (:func:`gradient_sign_colours`), so the check
+has both answers to reward whatever float history built the policy. Temperature 1.0: the policy's answers are sampled
+as it spreads them, the avoided one most often. lr 1e-3: at 2e-3 an earlier policy stopped answering after one update."""
+
+
+def gradient_sign_colours(policy: Path, sample) -> tuple[str, str]:
+    """``(prefer, avoid)``: the policy's second and first most probable colour on ``sample``'s zoom trajectory (the
+    reward then pushes the policy off its own favourite, the direction it would not drift by itself)."""
+    from visionr3.testing.answer_probe import colour_probabilities
+
+    ranked = sorted(colour_probabilities(policy, sample).items(), key=lambda item: -item[1])
+    return ranked[1][0], ranked[0][0]
 
 
 def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
@@ -175,9 +198,11 @@ def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
 
     from visionr3.demo.synthetic import make_row, make_sample
 
-    spec = GRADIENT_SIGN
-    row = make_row(make_sample(random.Random(spec["sample_seed"])), index=0)
-    row["extra_info"] = {**row["extra_info"], "prefer": spec["prefer"], "avoid": spec["avoid"]}
+    sample = make_sample(random.Random(GRADIENT_SIGN["sample_seed"]))
+    prefer, avoid = gradient_sign_colours(policy, sample)
+    spec = {**GRADIENT_SIGN, "prefer": prefer, "avoid": avoid}
+    row = make_row(sample, index=0)
+    row["extra_info"] = {**row["extra_info"], "prefer": prefer, "avoid": avoid}
     rows = directory / "rows.parquet"
     pd.DataFrame([row] * spec["steps"]).to_parquet(rows)
     (directory / "spec.json").write_text(json.dumps({**spec, "policy": str(policy)}))  # what the test reads back
@@ -198,8 +223,9 @@ def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
     ]
 
 
-SLOW_RUNS = {"gradient_sign": "test_gradient_sign.py"}
-"""Runs whose tests are marked ``slow``: started only when one of those tests is selected (``-m slow``)."""
+SLOW_RUNS: dict[str, str] = {}
+"""Runs whose tests are marked ``slow`` (run name -> test file): started only when one of those tests is selected
+(``-m slow``). None today: the gradient-sign run is back in the default suite."""
 
 
 class Pool:
@@ -247,11 +273,11 @@ class Pool:
         root = self.root
 
         def demo() -> tuple[list[str], Path]:
-            self.warmups.path("zoom")  # the demo's own warm-up (same key), built here rather than inside the subprocess
+            self.warmups.demo()  # the demo's own warm-up (same key), built here rather than inside the subprocess
             return [VISIONR3, "demo", "--output-dir", str(root / "demo"), "--steps", "2", "--n", "8"], root / "demo"
 
         def demo_vllm() -> tuple[list[str], Path]:
-            self.warmups.path("zoom", size="small")
+            self.warmups.demo("vllm")
             directory = root / "demo_vllm"
             return [VISIONR3, "demo", "--rollout", "vllm", "--output-dir", str(directory), "--steps", "2", "--n", "4"], directory
 
@@ -284,7 +310,7 @@ class Pool:
             """GRPO on one prompt group, repeated: tests/e2e/test_gradient_sign.py."""
             directory = root / "gradient_sign"
             directory.mkdir(parents=True, exist_ok=True)
-            policy = self.warmups.path("zoom")  # the demo's policy (its warm-up is built for the demo anyway)
+            policy = self.warmups.demo()  # the demo's policy (its warm-up is built for the demo anyway)
             return gradient_sign_command(directory, policy), directory
 
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:

@@ -2,14 +2,16 @@
 
 One prompt group, repeated for K steps (``GRADIENT_SIGN`` in tests/e2e/conftest.py, which runs it): the
 demo's policy, the crop tool, ``visionr3_agent``, the HF rollout, verl's GRPO; the reward (tests/e2e/grad_sign_reward.py)
-is +1 for answering ``red`` and -1 for answering ``green``. So, in one run, a reward that prefers an answer and the
-negated reward of another: the policy's probability of red must rise and of green must fall, read from the policy
+is +1 for one colour and -1 for another, the policy's second favourite and its favourite on the run's row (chosen by
+conftest's ``gradient_sign_colours``, so any float history has both to reward). So, in one run, a reward that prefers
+an answer and the negated reward of another: the preferred answer's probability must rise and the avoided one's
+fall, read from the policy
 itself (the start checkpoint and the trainer's last FSDP shard, probed on one fixed zoom trajectory by
 :func:`visionr3.testing.answer_probe.colour_probabilities`), not from the handful of sampled answers.
 
 What it catches, each shown once by breaking it on purpose (NOTE.md, "The gradient-sign check"):
 
-- a flipped advantage sign: red falls and green rises;
+- a flipped advantage sign: the preferred answer falls and the avoided one rises;
 - a response mask that trains on tool/observation tokens: the engine returns no log-probs for tokens it did not
   generate, so verl's rollout-vs-actor probability gap on the trained tokens jumps (``rollout_probs_diff_mean``);
 - a rollout engine that keeps stale weights: visionr3's weight-sync check (the replica's digests against the
@@ -22,11 +24,6 @@ import random
 
 import pytest
 import torch
-
-# Not in the default suite yet: it needs a policy that answers, and the demo's warm-up does not, reliably. Rebuilt in a
-# fresh clone (another float history), it wrote one answer in 16 trajectories at temperature 0.3, where the copy it was
-# tuned on wrote 12 (NOTE.md, "The gradient-sign check"). Back in the default suite with the learning issue's policy.
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +80,10 @@ def test_the_preferred_answer_rises_and_the_avoided_one_falls(probabilities, spe
     prefer, avoid = spec["prefer"], spec["avoid"]
     assert after[prefer] > before[prefer], (before, after)
     assert after[avoid] < before[avoid], (before, after)
-    # measured 0.98 and 1.21 (two runs; T 0.5 and 0.3); one update in the wrong direction moves it the other way
+    # measured +0.38 (this policy) and +0.98 / +1.21 (the previous one); a flipped sign gave -0.89 (NOTE.md, "The
+    # gradient-sign check"). 0.1 leaves room for another float history's policy and still needs a real move.
     moved = math.log(after[prefer] / after[avoid]) - math.log(before[prefer] / before[avoid])
-    assert moved > 0.3, (before, after, moved)
+    assert moved > 0.1, (before, after, moved)
 
 
 def test_the_engine_sampled_with_the_weights_being_trained(steps, spec):

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from visionr3.agent.loop import VLM_R3_STOP
-from visionr3.demo.synthetic import QUESTION, write_parquet
+from visionr3.demo.synthetic import QUARTERS, QUESTION, write_parquet
 from visionr3.eval.protocol import EvalProtocol
 from visionr3.eval.runner import EvalSettings, Evaluator
 
@@ -81,7 +81,7 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 def prompt_ids(processor, image: Image.Image) -> list[int]:
     """The synthetic question's first prompt, as verl builds it (chat template + the processor's image expansion)."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION.format(quarter=QUARTERS[0])}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
 
@@ -182,7 +182,7 @@ def test_vllm_serve_reply_ends_and_stop_strings_as_the_openai_backend_reads_them
     from visionr3.eval.openai_backend import image_data_url
 
     image = first_image(marks)
-    content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": QUESTION}]
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": QUESTION.format(quarter=QUARTERS[0])}]
     body = {"model": vllm_server.served_model, "temperature": 0.0, "max_tokens": 64, "messages": [{"role": "user", "content": content}],
             "skip_special_tokens": False, "spaces_between_special_tokens": False, "include_stop_str_in_output": True}
     with httpx.Client(timeout=120) as client:

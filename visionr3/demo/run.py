@@ -1,6 +1,6 @@
 """The CPU demo behind ``visionr3 demo`` (README's first quickstart command): verl's real GRPO trainer, on CPU.
 
-    visionr3 demo [--output-dir outputs/cpu_demo] [--warmup-steps 100] [--steps 3] [--rollout hf|vllm]
+    visionr3 demo [--output-dir outputs/cpu_demo] [--warmup-steps N] [--steps 3] [--rollout hf|vllm]
 
 Stages (each prints what it did; the whole run takes about 5 minutes on 2 cores, less with a warm cache):
 
@@ -36,14 +36,16 @@ from pathlib import Path
 
 
 def warmup_checkpoint(
-    base_dir: Path, steps: int, seed: int = 0, task: str = "zoom", log_every: int = 10, lr: float = 1e-2
+    base_dir: Path, steps: int, seed: int = 0, task: str = "zoom", log_every: int = 10, lr: float = 1e-2,
+    answer_weight: float = 1.0, pool_batches: int | None = 8,
 ) -> tuple[Path, float]:
     """A cached warm-up of ``base_dir``: ``(checkpoint, seconds spent training)``, 0.0 when the cache answered.
     ``log_every=0`` trains silently (a caller in a background thread must not print into another's stdout).
-    ``lr``: 1e-2 suits the tiny models; the small ones (head_dim 64) garble their calls at it and learn at 3e-3.
+    ``lr``, ``answer_weight``, ``pool_batches``: see :data:`DEMO_WARMUP` and :func:`visionr3.demo.warmup.supervised_warmup`.
 
-    Keyed by the settings, the warm-up code, the tool YAML and the base model's weights (their sha256, not the path),
-    and verified on every read like the tiny models (:func:`visionr3.testing.cache.cached_build`)."""
+    Keyed by the settings, the warm-up code, the synthetic task's code, the tool YAML and the base model's weights
+    (their sha256, not the path), and verified on every read like the tiny models
+    (:func:`visionr3.testing.cache.cached_build`)."""
     from omegaconf import OmegaConf
 
     from visionr3.config import config_path
@@ -53,10 +55,11 @@ def warmup_checkpoint(
     # The warm-up shows the policy its prompt image at the same budget as the GRPO run: the CPU preset's.
     data_max_pixels = int(OmegaConf.load(config_path("cluster", "cpu.yaml")).data.max_pixels)
     tool_config = config_path("tools", "crop_zoom.yaml")
+    here = Path(__file__).parent
     key = hashlib.sha256(
-        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}"
-        f"{'' if lr == 1e-2 else f'|{lr}'}".encode()  # the default adds nothing: existing caches keep their keys
-        + Path(__file__).with_name("warmup.py").read_bytes()
+        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}|{lr}|{answer_weight}|{pool_batches}".encode()
+        + (here / "warmup.py").read_bytes()
+        + (here / "synthetic.py").read_bytes()
         + tool_config.read_bytes()
     ).hexdigest()[:16]
     seconds = 0.0
@@ -65,11 +68,33 @@ def warmup_checkpoint(
         nonlocal seconds
         seconds = supervised_warmup(
             base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed,
-            lr=lr, task=task, log_every=log_every,
+            lr=lr, task=task, log_every=log_every, answer_weight=answer_weight, pool_batches=pool_batches,
         )["seconds"]
 
     target, _ = cached_build(cache_root() / "warmup" / key, key, build)
     return target, seconds
+
+
+def grpo_command(
+    policy: Path, train: Path, val: Path, out: Path, *, steps: int, n: int, preset: str = "cpu", overrides: list[str] = ()
+) -> list[str]:
+    """``visionr3 train --config-name cpu_demo`` on ``policy``: ``steps`` GRPO steps, the last one saved under
+    ``out/checkpoints``, verl's rollout dump under ``out/rollouts`` (``visionr3 view`` renders it). Per-step metrics go
+    to verl's file logger: run it with ``VERL_FILE_LOGGER_PATH`` set (:func:`read_step_metrics`)."""
+    return [
+        sys.executable, "-m", "visionr3.cli", "train", "--config-name", "cpu_demo",
+        f"actor_rollout_ref.model.path={policy}",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"actor_rollout_ref.rollout.n={n}",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.save_freq={steps}",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        "trainer.logger=[console,file]",
+        f"trainer.rollout_data_dir={out / 'rollouts'}",
+        f"cluster={preset}",
+        *overrides,
+    ]
 
 
 DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -89,11 +114,16 @@ DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-DEMO_ROLLOUTS: dict[str, tuple[str, str, float]] = {
-    # rollout -> (tiny_model size, cluster preset, warm-up lr)
-    "hf": ("tiny", "cpu", 1e-2),
+DEMO_WARMUP = {"steps": 250, "lr": 3e-3, "answer_weight": 3.0, "pool_batches": None}
+"""The tiny policy's warm-up (:func:`warmup_checkpoint`), measured with :mod:`visionr3.testing.answer_probe` on held-out
+squares (NOTE.md, "The multi-turn warm-up, measured"): it calls the tool and answers on every trajectory,
+and reads the colour from the right crop part of the time, so GRPO's groups have reward variance to learn from."""
+
+DEMO_ROLLOUTS: dict[str, tuple[str, str, dict]] = {
+    # rollout -> (tiny_model size, cluster preset, warm-up settings)
+    "hf": ("tiny", "cpu", DEMO_WARMUP),
     # vLLM's CPU attention needs head_dim >= 32: the small size has 64. At lr 1e-2 its greedy calls were token soup.
-    "vllm": ("small", "cpu_vllm", 3e-3),
+    "vllm": ("small", "cpu_vllm", {"steps": 100, "lr": 3e-3}),
 }
 
 
@@ -106,7 +136,7 @@ def read_step_metrics(path: Path) -> list[dict]:
 def run_demo(
     output_dir: str | os.PathLike = "outputs/cpu_demo",
     *,
-    warmup_steps: int = 100,
+    warmup_steps: int | None = None,
     steps: int = 3,
     n: int = 4,
     train_rows: int = 32,
@@ -126,7 +156,8 @@ def run_demo(
     start = time.perf_counter()
     if rollout not in DEMO_ROLLOUTS:
         raise ValueError(f"visionr3 demo: unknown rollout {rollout!r}; expected one of {sorted(DEMO_ROLLOUTS)}")
-    size, preset, warmup_lr = DEMO_ROLLOUTS[rollout]
+    size, preset, warmup = DEMO_ROLLOUTS[rollout]
+    warmup = {**warmup, "steps": warmup_steps or warmup["steps"]}
     base = tiny_model_dir("qwen2_5_vl", size=size)
     timings["model_s"] = time.perf_counter() - start
     print(f"[1/5] model: {size} Qwen2.5-VL (real Qwen vocabulary) at {base}", flush=True)
@@ -139,29 +170,15 @@ def run_demo(
     print(f"[2/5] data: {train_rows} training rows of the small-square colour task ({task}) -> {train.parent}", flush=True)
 
     start = time.perf_counter()
-    print(f"[3/5] warm-up: {warmup_steps} supervised steps on synthetic {task} demonstrations", flush=True)
-    policy, trained_s = warmup_checkpoint(base, warmup_steps, task=task, lr=warmup_lr)
+    print(f"[3/5] warm-up: {warmup['steps']} supervised steps on synthetic {task} demonstrations", flush=True)
+    policy, trained_s = warmup_checkpoint(base, task=task, **warmup)
     timings["warmup_s"] = time.perf_counter() - start
     print(f"      policy: {policy} ({'trained' if trained_s else 'cached'}, {timings['warmup_s']:.0f} s)", flush=True)
 
     metrics_file = out / "metrics.jsonl"
     metrics_file.unlink(missing_ok=True)
     shutil.rmtree(out / "rollouts", ignore_errors=True)
-    command = [
-        sys.executable, "-m", "visionr3.cli", "train", "--config-name", "cpu_demo",
-        f"actor_rollout_ref.model.path={policy}",
-        f"data.train_files={train}",
-        f"data.val_files={val}",
-        f"actor_rollout_ref.rollout.n={n}",
-        f"trainer.total_training_steps={steps}",
-        f"trainer.save_freq={steps}",
-        f"trainer.default_local_dir={out / 'checkpoints'}",
-        "trainer.logger=[console,file]",
-        # verl's rollout dump with visionr3's columns: `visionr3 view <output-dir>/rollouts` shows what the policy did
-        f"trainer.rollout_data_dir={out / 'rollouts'}",
-        f"cluster={preset}",
-        *overrides,
-    ]
+    command = grpo_command(policy, train, val, out, steps=steps, n=n, preset=preset, overrides=overrides)
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file)}
     print(f"[4/5] GRPO: {steps} steps of verl's trainer ({rollout} rollout, n={n}); log: {out / 'train.log'}", flush=True)
     start = time.perf_counter()

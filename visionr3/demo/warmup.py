@@ -7,6 +7,8 @@ synthetic mark task, one format per ``task`` — each exactly what that recipe's
 - ``zoom`` (the demo, the zoom recipe; ``visionr3_agent``): the user's image and question, an assistant turn calling
   ``image_zoom_in_tool`` on the square's quadrant (box in the frame the policy sees, see :func:`quadrant_box`), the
   tool's real response, the answer;
+- ``direct`` (``visionr3_agent`` with no tool: the learning benchmark's no-tool arm): the user's image and question,
+  the answer;
 - ``visionthink`` (``visionr3_visionthink``): the image at the loop's low-resolution first view, ``<think>`` and a
   ``resize_image`` call, the resize tool's real full-resolution image, ``<think>`` and the answer;
 - ``vlm_r3`` (``visionr3_vlm_r3``): one assistant turn that writes a bare ``{"bbox_2d": [...]}``, then the crop inline
@@ -36,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from visionr3.data.prompts import SR1_FORMAT
-from visionr3.demo.synthetic import QUESTION, SR1_QUESTION, MarkSample, make_sample
+from visionr3.demo.synthetic import MarkSample, make_sample
 
-TASKS = ("zoom", "visionthink", "vlm_r3", "sr1")
+TASKS = ("zoom", "direct", "visionthink", "vlm_r3", "sr1")
 """The demonstration formats :func:`supervised_warmup` trains (see the module docstring)."""
 
 VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
@@ -64,18 +66,28 @@ def assistant_label_mask(input_ids: list[int], im_start: int, im_end: int, assis
     return mask
 
 
-def quadrant_box(sample: MarkSample, seen_size: tuple[int, int]) -> list[int]:
-    """The quadrant of the image holding the square's centre, in pixels of the image the policy sees.
+def last_turn_mask(mask: list[bool]) -> list[bool]:
+    """The last contiguous run of ``mask`` (the final assistant turn: the answer, in every format here)."""
+    out = [False] * len(mask)
+    end = len(mask)
+    while end and not mask[end - 1]:
+        end -= 1
+    start = end
+    while start and mask[start - 1]:
+        start -= 1
+    out[start:end] = [True] * (end - start)
+    return out
 
-    Coarse on purpose: the tiny model cannot ground a 16-pixel square, so trained on exact boxes it samples digit
-    soup at temperature 0.7 (about 1 call in 25 made a valid box); with four possible boxes about 1 in 3 is valid (and
-    every greedy call), so a crop in the trainer's batch is certain, not luck. Zooming into the quadrant first is
-    still an honest coarse-to-fine demonstration: the crop holds the square.
+
+def quadrant_box(sample: MarkSample, seen_size: tuple[int, int]) -> list[int]:
+    """The quarter the question names (it holds the whole square), in pixels of the image the policy sees.
+
+    Coarse on purpose: the question says where to look, so the call is learnable by a tiny model (trained on exact
+    16-pixel boxes it sampled digit soup); the colour is left to the pixels of the crop.
     """
     width, height = seen_size
-    cx = (sample.box[0] + sample.box[2]) / 2 * width / sample.image.width
-    cy = (sample.box[1] + sample.box[3]) / 2 * height / sample.image.height
-    x1, y1 = (0 if cx < width // 2 else width // 2), (0 if cy < height // 2 else height // 2)
+    x1 = 0 if sample.quarter.endswith("left") else width // 2
+    y1 = 0 if sample.quarter.startswith("top") else height // 2
     return [x1, y1, x1 + width // 2, y1 + height // 2]
 
 
@@ -95,7 +107,7 @@ def demonstration(sample: MarkSample, tool, seen_size: tuple[int, int]) -> list[
     box = quadrant_box(sample, seen_size)
     response = _call(tool, {"bbox_2d": box}, {"source_images": [sample.image], "seen_sizes": [seen_size]})
     return [
-        {"role": "user", "content": [{"type": "image", "image": sample.image}, {"type": "text", "text": QUESTION}]},
+        {"role": "user", "content": [{"type": "image", "image": sample.image}, {"type": "text", "text": sample.question()}]},
         {
             "role": "assistant",
             "content": "",
@@ -112,7 +124,7 @@ def visionthink_demonstration(sample: MarkSample, tool, low: Any, seen_size: tup
     create_kwargs = {"source_images": [sample.image], "seen_sizes": [seen_size], "full_sizes": [full_size]}
     response = _call(tool, {"action": "resize"}, create_kwargs)
     return [
-        {"role": "user", "content": [{"type": "image", "image": low}, {"type": "text", "text": QUESTION}]},
+        {"role": "user", "content": [{"type": "image", "image": low}, {"type": "text", "text": sample.question()}]},
         {
             "role": "assistant",
             "content": "<think>Too small to see.</think>",
@@ -132,7 +144,7 @@ def vlm_r3_demonstration(sample: MarkSample, tool, shown: Any, seen_size: tuple[
     response = _call(tool, {"bbox_2d": box}, {"source_images": [sample.image], "seen_sizes": [seen_size]})
     call = json.dumps({"bbox_2d": box})
     return [
-        {"role": "user", "content": [{"type": "image", "image": shown}, {"type": "text", "text": QUESTION}]},
+        {"role": "user", "content": [{"type": "image", "image": shown}, {"type": "text", "text": sample.question()}]},
         {
             "role": "assistant",
             "content": [
@@ -151,14 +163,14 @@ def sr1_demonstrations(sample: MarkSample) -> list[list[dict[str, Any]]]:
 
     description = f"A plain light canvas with one small {sample.colour} square on it."
     first = [
-        {"role": "user", "content": [{"type": "text", "text": SR1_QUESTION}, {"type": "image", "image": sample.image}, {"type": "text", "text": SR1_FORMAT}]},
+        {"role": "user", "content": [{"type": "text", "text": sample.question("sr1")}, {"type": "image", "image": sample.image}, {"type": "text", "text": SR1_FORMAT}]},
         {
             "role": "assistant",
             "content": f"<description>{description}</description> <think>The square is {sample.colour}.</think> \\boxed{{{sample.colour}}}",
         },
     ]
     second = [
-        {"role": "user", "content": SELF_REWARD_PROMPT.format(description=description, question=SR1_QUESTION)},
+        {"role": "user", "content": SELF_REWARD_PROMPT.format(description=description, question=sample.question("sr1"))},
         {"role": "assistant", "content": f"<think>The description says the square is {sample.colour}.</think> \\boxed{{{sample.colour}}}"},
     ]
     return [first, second]
@@ -216,6 +228,16 @@ def _zoom_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) ->
     return [kit.render(messages, kit.schemas(kit.crop_tool))], [shown, messages[2]["content"][0]["image"]]
 
 
+def _direct_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
+    sample = make_sample(rng, image_size)
+    shown = kit.shown(sample)
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": shown}, {"type": "text", "text": sample.question()}]},
+        {"role": "assistant", "content": f"<answer>{sample.colour}</answer>"},
+    ]
+    return [kit.render(messages)], [shown]
+
+
 def _visionthink_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
     from PIL import Image
 
@@ -249,6 +271,7 @@ def _sr1_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> 
 
 EXAMPLES: dict[str, Callable[[_Kit, random.Random, tuple[int, int]], Example]] = {
     "zoom": _zoom_example,
+    "direct": _direct_example,
     "visionthink": _visionthink_example,
     "vlm_r3": _vlm_r3_example,
     "sr1": _sr1_example,
@@ -266,15 +289,18 @@ def supervised_warmup(
     lr: float = 2e-3,
     seed: int = 0,
     image_size: tuple[int, int] = (448, 448),
-    pool_batches: int = 8,
+    pool_batches: int | None = 8,
     log_every: int = 10,
     task: str = "zoom",
+    answer_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on synthetic demonstrations and save a complete HF checkpoint to ``out_dir``.
 
     ``task``: one of :data:`TASKS` (see the module docstring). ``tool_config`` is the crop tool's YAML (``zoom``,
     ``vlm_r3``); ``visionthink`` uses configs/tools/resize.yaml and the ``visionr3_visionthink`` loop's
     ``low_res_factor``, as its recipe does. ``batch_size`` counts rendered conversations (``sr1``: two per sample).
+    ``answer_weight``: the loss weight of the final assistant turn's tokens against 1 for the others (the call's
+    thirty-odd tokens otherwise drown the one colour word that needs the pixels).
 
     Returns ``{"losses": [...], "seconds": float, "out_dir": str}``.
     """
@@ -313,19 +339,23 @@ def supervised_warmup(
         # an image inside an assistant turn (VLM-R3's inline crop) is the loop's insertion, never a target
         trained = torch.tensor(label_masks) & ~torch.isin(inputs["input_ids"], vision_ids)
         targets = trained[:, 1:] & inputs["attention_mask"][:, 1:].bool()
-        return inputs, targets
+        answers = torch.tensor([last_turn_mask(m) for m in label_masks])[:, 1:]
+        weights = torch.where(answers, answer_weight, 1.0)[targets]
+        return inputs, targets, weights / weights.sum()
 
     tokenizer.padding_side = "right"
     start = time.perf_counter()
-    # A fixed pool of demonstrations, rendered once and cycled: templating, cropping and pixel preprocessing are then
-    # paid per pool entry, not per step.
-    pool = [batch_inputs() for _ in range(max(1, min(steps, pool_batches)))]
+    # A fixed pool of ``pool_batches`` batches, rendered once and cycled (templating, cropping and pixel preprocessing
+    # are then paid per pool entry), enough to learn a format; None renders new demonstrations every step, which
+    # reading the crop needs (on a pool of 32 the tiny model memorises instead: NOTE.md, "Can a tiny policy learn").
+    pool = [batch_inputs() for _ in range(max(1, min(steps, pool_batches)))] if pool_batches else None
     losses: list[float] = []
     for step in range(steps):
-        inputs, targets = pool[step % len(pool)]
+        inputs, targets, weights = pool[step % len(pool)] if pool else batch_inputs()
         hidden = model.model(**inputs).last_hidden_state[:, :-1]
         logits = model.lm_head(hidden[targets])  # only the positions that predict assistant tokens
-        loss = torch.nn.functional.cross_entropy(logits.float(), inputs["input_ids"][:, 1:][targets])
+        token_loss = torch.nn.functional.cross_entropy(logits.float(), inputs["input_ids"][:, 1:][targets], reduction="none")
+        loss = (token_loss * weights).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
