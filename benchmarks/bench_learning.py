@@ -66,6 +66,8 @@ class RunResult:
     seconds: float = 0.0
 
     def series(self, column: str) -> list[float | None]:
+        if column == "valid calls":  # a step without calls has no valid-call ratio (visionr3 logs 0 for it)
+            return [row.get(METRICS[column]) if row.get(METRICS["tool calls"]) else None for row in self.steps]
         return [row.get(METRICS[column]) for row in self.steps]
 
 

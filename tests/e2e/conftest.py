@@ -50,10 +50,11 @@ TASK = {"zoom": "zoom", "visionthink": "zoom", "vlm_r3": "zoom", "vision_sr1": "
 """The synthetic rows each recipe's step trains on (visionr3.demo.synthetic)."""
 WARMUP = {"zoom": ("zoom", 100), "visionthink": ("visionthink", 100), "vlm_r3": ("vlm_r3", 100), "vision_sr1": ("sr1", 100)}
 """recipe -> (warm-up task, steps) of its starting policy (visionr3.demo.warmup): every recipe's step starts from a policy
-that performs the recipe's own mechanism (zoom: the demo's; vision_sr1: the SR1 demo's; all cached). 100 steps, as
-the demo's: after 60, sampled at the CPU preset's temperature 0.7, the VisionThink and VLM-R3 policies garbled every
-call of a step; after 100, 31 of 32 sampled resize calls and 31 of 32 inline boxes were valid (the zoom policy's
-hermes boxes, after its long tools prompt, about 1 in 3). tests/e2e/test_recipes_cpu.py says what each test relies on."""
+that performs the recipe's own mechanism (vision_sr1: the SR1 demo's; all cached). 100 steps (the CPU demo's own
+warm-up, DEMO_WARMUP, is longer: it has to read the crop): after 60, sampled at the CPU preset's temperature 0.7, the
+VisionThink and VLM-R3 policies garbled every call of a step; after 100, 31 of 32 sampled resize calls and 31 of 32
+inline boxes were valid (the zoom policy's hermes boxes, after its long tools prompt, about 1 in 3).
+tests/e2e/test_recipes_cpu.py says what each test relies on."""
 
 
 ZOOM_RECIPE_LR = 5e-3
