@@ -21,7 +21,7 @@ from PIL import Image
 
 from visionr3.cli import main
 from visionr3.data import converters, prompts
-from visionr3.data.prepare import FORMATS, benchmark_name
+from visionr3.data.prepare import FORMATS, benchmark_name, parse_path_map
 from visionr3.data.rows import RowError
 
 COLOURS = ["red", "blue", "green", "yellow"]
@@ -461,6 +461,61 @@ def test_sft_formats_of_the_cold_start_are_registered(tmp_path, capsys):
     assert "row 0: field 'img_crop_list[0]': file not found" in capsys.readouterr().err
 
 
+# --- the layouts as published ----------------------------------------------------------------------------------------
+
+
+def test_path_map_reads_absolute_paths_of_the_authors_machine(tmp_path, capsys):
+    """VLM-R3's RL json names images by absolute paths on the authors' machine; --path-map sends them here."""
+    write_image(tmp_path / "local/textvqa/1.jpg", (640, 480), "red")
+    write_image(tmp_path / "local/gqa/2.jpg", (320, 480), "blue")
+    records = [
+        {"image_path": "/data/vlm_r3/images/textvqa/1.jpg", "question": "What colour is the wall?",
+         "answer": "<answer>red</answer>", "source": "textvqa"},
+        {"image_path": "/data/vlm_r3/images/gqa/2.jpg", "question": "Is the sky blue?", "answer": "yes",
+         "source": "gqa"},
+    ]
+    source, out = tmp_path / "rl.json", tmp_path / "out.parquet"
+    source.write_text(json.dumps(records))
+    assert main(["prepare", "vlm_r3", str(source), "--out", str(out)]) == 1
+    assert "row 0: field 'image_path': file not found: /data/vlm_r3/images/textvqa/1.jpg" in capsys.readouterr().err
+
+    # the longest OLD wins; NEW may be relative (to --image-root, here the source's folder)
+    mapping = ["--path-map", "/data=/nowhere", "--path-map", "/data/vlm_r3/images/=local/"]
+    assert main(["prepare", "vlm_r3", str(source), "--out", str(out), "--keep-paths", *mapping]) == 0
+    capsys.readouterr()
+    rows = read_rows(out)
+    assert [row["images"][0]["image"] for row in rows] == [
+        str((tmp_path / "local/textvqa/1.jpg").resolve()), str((tmp_path / "local/gqa/2.jpg").resolve())]
+    assert rows[0]["extra_info"]["image_path"] == "/data/vlm_r3/images/textvqa/1.jpg"  # the source's own, as written
+
+    source.write_text(json.dumps([{**records[0], "image_path": "/data/vlm_r3/images/textvqa/9.jpg"}]))
+    assert main(["prepare", "vlm_r3", str(source), "--out", str(out), *mapping]) == 1
+    error = capsys.readouterr().err
+    assert f"file not found: {(tmp_path / 'local/textvqa/9.jpg').resolve()} (--path-map of " in error
+    assert "/data/vlm_r3/images/textvqa/9.jpg)" in error
+
+    # every converter: V*'s relative paths, through an HF-snapshot-like folder move
+    vstar = build_vstar(tmp_path / "v")[0]
+    (tmp_path / "v/vstar_bench/direct_attributes").rename(tmp_path / "v/vstar_bench/attributes_moved")
+    code = main(["prepare", "vstar", str(vstar), "--out", str(out), "--path-map", "direct_attributes=attributes_moved"])
+    assert code == 0 and [image_size(r["images"][0]) for r in read_rows(out)] == [(1600, 1200)] * 2
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("/data", "'/data': expected OLD=NEW with both sides non-empty"),
+        ("=/mnt", "'=/mnt': expected OLD=NEW with both sides non-empty"),
+        ("/data=", "'/data=': expected OLD=NEW with both sides non-empty"),
+    ],
+)
+def test_malformed_path_map_is_a_command_line_error(tmp_path, capsys, value, message):
+    source, _ = build_vstar(tmp_path)
+    assert main(["prepare", "vstar", str(source), "--out", str(tmp_path / "o.parquet"), "--path-map", value]) == 2
+    assert f"prepare: --path-map {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
+
+
 # --- verl reads the rows -------------------------------------------------------------------------------------------
 
 
@@ -744,6 +799,28 @@ def test_option_parsers():
 )
 def test_answer_normalisation(value, expected):
     assert converters.answer({"a": value}, "a") == expected
+
+
+@pytest.mark.parametrize(
+    "reference, expected",
+    [
+        ("/data/a/x.jpg", "/mnt/a/x.jpg"),
+        ("/data/a/b/x.jpg", "/fast/x.jpg"),  # the longest OLD wins
+        ("/data/a", "/mnt/a"),
+        ("/database/x.jpg", "/database/x.jpg"),  # whole path components only
+        ("rel/x.jpg", "other/x.jpg"),
+        ("relative/x.jpg", "relative/x.jpg"),
+    ],
+)
+def test_map_path(reference, expected):
+    path_map = parse_path_map(["/data=/mnt", "/data/a/b/=/fast/", "rel=other"])
+    assert path_map == (("/data", "/mnt"), ("/data/a/b", "/fast"), ("rel", "other"))
+    assert converters.map_path(reference, path_map) == expected
+
+
+def test_parse_path_map_refuses_an_old_prefix_twice():
+    with pytest.raises(ValueError, match="'/data/=/b': /data is mapped twice \\(to /a and /b\\)"):
+        parse_path_map(["/data=/a", "/data/=/b"])
 
 
 def test_mc_prompt_is_the_documented_form():

@@ -35,11 +35,15 @@ from visionr3.tools.geometry import MAX_ASPECT_RATIO  # Qwen's smart_resize reje
 # --- context -----------------------------------------------------------------------------------------------------
 
 
+PathMap = tuple[tuple[str, str], ...]
+"""``--path-map`` pairs ``(OLD, NEW)``: an image path at or below folder ``OLD`` is read from ``NEW`` instead."""
+
+
 @dataclass(frozen=True)
 class Context:
-    """What a converter needs besides the record: where relative image paths start, how images are stored, the
-    prompt style and agent loop of every row, and the ``--data-source`` override (``None``: the source's own label,
-    else the format's or benchmark's name)."""
+    """What a converter needs besides the record: where relative image paths start, which path prefixes to rewrite
+    first (``--path-map``), how images are stored, the prompt style and agent loop of every row, and the
+    ``--data-source`` override (``None``: the source's own label, else the format's or benchmark's name)."""
 
     image_root: Path
     style: PromptStyle
@@ -47,6 +51,7 @@ class Context:
     keep_paths: bool = False
     data_source: str | None = None
     benchmark: str | None = None  # eval sets: the name stored in extra_info.benchmark (default: the format's)
+    path_map: PathMap = ()
 
 
 # --- field access ------------------------------------------------------------------------------------------------
@@ -149,16 +154,40 @@ def _decode(data: bytes, name: str, where: str) -> tuple[int, int]:
     return width, height
 
 
-def _resolve(reference: str, root: Path) -> Path:
+def map_path(reference: str, path_map: PathMap) -> str:
+    """``reference`` with the longest matching ``OLD`` prefix of ``path_map`` replaced by its ``NEW``.
+
+    Sources such as VLM-R3's RL json name images by absolute paths on the authors' machine (``/data/...``), which no
+    ``--image-root`` can reach. ``OLD`` matches whole path components only (``/data`` maps ``/data/x.jpg``, never
+    ``/database/x.jpg``), and the longest match wins, so a specific folder can be sent elsewhere than its parent.
+    """
+    best: tuple[str, str] | None = None
+    for old, new in path_map:
+        inside = reference == old or reference.startswith(old if old.endswith("/") else old + "/")
+        if inside and (best is None or len(old) > len(best[0])):
+            best = (old, new)
+    if best is None:
+        return reference
+    old, new = best
+    rest = reference[len(old):].lstrip("/")
+    return new if not rest else f"{new.rstrip('/')}/{rest}"
+
+
+def _resolve(reference: str, ctx: Context) -> tuple[Path, str | None]:
+    """The absolute path of an image reference, and the reference as the source wrote it when ``--path-map``
+    rewrote it (for the error message), else ``None``."""
     reference = reference[7:] if reference.startswith("file://") else reference
-    path = Path(os.path.expanduser(reference))
-    return (path if path.is_absolute() else root / path).resolve()
+    mapped = map_path(reference, ctx.path_map)
+    path = Path(os.path.expanduser(mapped))
+    path = (path if path.is_absolute() else ctx.image_root / path).resolve()
+    return path, (reference if mapped != reference else None)
 
 
 def image_entry(value: Any, name: str, ctx: Context, *, resized: tuple[int, int] | None = None) -> dict[str, Any]:
     """One entry of a row's ``images`` from a source image reference, read and decoded to check it.
 
-    ``value``: a path (relative to ``ctx.image_root``), raw bytes, or a Hugging Face image dict (``bytes``/``path``).
+    ``value``: a path (rewritten by ``ctx.path_map``, then relative to ``ctx.image_root``), raw bytes, or a Hugging Face
+    image dict (``bytes``/``path``).
     Returns ``{"bytes": ..., "path": None}``, or ``{"image": "/abs/path"}`` with ``ctx.keep_paths``; ``resized``
     ``(width, height)`` adds ``resized_width``/``resized_height`` (the size the dataset renders it at).
     """
@@ -175,9 +204,10 @@ def image_entry(value: Any, name: str, ctx: Context, *, resized: tuple[int, int]
     elif isinstance(value, str):
         if not value.strip():
             raise RowError(name, "empty image path", "empty field")
-        path = _resolve(value, ctx.image_root)
+        path, mapped_from = _resolve(value, ctx)
         if not path.is_file():
-            raise RowError(name, f"file not found: {path}", "image not found")
+            via = f" (--path-map of {mapped_from})" if mapped_from else ""
+            raise RowError(name, f"file not found: {path}{via}", "image not found")
         data = path.read_bytes()
     elif data is None:
         raise RowError(name, f"expected an image path, bytes or image dict, got {type(value).__name__}", "wrong type")
@@ -483,8 +513,8 @@ def mmvp(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
     number = optional_text(record, "Index") or str(index + 1)  # VLM-R3's loader numbers images by row
     if not number.isdigit():
         raise RowError("Index", f"expected a number, got {number!r}", "wrong type")
-    folder = ctx.image_root / "MMVP Images"
-    image = image_entry(str((folder if folder.is_dir() else ctx.image_root) / f"{number}.jpg"), "Index", ctx)
+    folder = "MMVP Images/" if (ctx.image_root / "MMVP Images").is_dir() else ""
+    image = image_entry(f"{folder}{number}.jpg", "Index", ctx)
     return mc_row(
         ctx, index=index, benchmark="mmvp", source_id=number, question=question, options=options, letter=letter,
         image=image, extra={"pair_id": (int(number) - 1) // 2},

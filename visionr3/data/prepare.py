@@ -10,6 +10,7 @@ the prompt each format gets is in :mod:`visionr3.data.prompts`.
     visionr3 prepare visionthink_smart VisionThink-Smart-Train/ --out train.parquet
     visionr3 prepare vlm_r3 vlm_r3_rl.json --image-root images/ --out train.parquet
     visionr3 prepare vstar vstar_bench/test_questions.jsonl --out val.parquet --on-error skip
+    visionr3 prepare vlm_r3 vlm_r3_rl.json --path-map /data/vlm_r3/images=images/ --out train.parquet
 
 A bad record stops the command with an error naming the file, the row (0-based position among the source's records)
 and its id, and the field (``--on-error fail``, the default: a benchmark whose denominator silently shrinks, or a
@@ -27,14 +28,14 @@ import os
 import re
 import sys
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visionr3.data import converters
-from visionr3.data.converters import Context
+from visionr3.data.converters import Context, PathMap
 from visionr3.data.prompts import STYLES, PromptStyle
 from visionr3.data.rows import RowError, validate_row
 
@@ -138,6 +139,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder that relative image paths start from (default: the source file's folder)",
     )
     parser.add_argument(
+        "--path-map", action="append", default=[], metavar="OLD=NEW",
+        help="read image paths at or below OLD from NEW instead, before --image-root applies (repeatable; the "
+        "longest matching OLD wins), e.g. --path-map /data/vlm_r3/images=/mnt/vlm_r3",
+    )
+    parser.add_argument(
         "--on-error", choices=["fail", "skip"], default="fail",
         help="fail: stop at the first bad record (default); skip: leave bad records out, count and list them",
     )
@@ -170,16 +176,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"prepare: --limit must be at least 1, got {args.limit}", file=sys.stderr)
         return 2
     try:
+        path_map = parse_path_map(args.path_map)
+    except ValueError as exc:
+        print(f"prepare: --path-map {exc}", file=sys.stderr)
+        return 2
+    try:
         summary = prepare(
-            args.format, args.source, out, limit=args.limit, image_root=args.image_root, on_error=args.on_error,
-            keep_paths=args.keep_paths, prompt_style=args.prompt_style, agent_name=args.agent_name,
-            data_source=args.data_source, split=args.split, workers=args.workers,
+            args.format, args.source, out, limit=args.limit, image_root=args.image_root, path_map=path_map,
+            on_error=args.on_error, keep_paths=args.keep_paths, prompt_style=args.prompt_style,
+            agent_name=args.agent_name, data_source=args.data_source, split=args.split, workers=args.workers,
         )
     except PrepareError as exc:
         print(f"prepare {args.format}: error: {exc}", file=sys.stderr)
         return 1
     print(summary.line())
     return 0
+
+
+def parse_path_map(values: Sequence[str]) -> PathMap:
+    """``["OLD=NEW", ...]`` -> ``((OLD, NEW), ...)``; a trailing ``/`` is dropped from both sides. Raises
+    ``ValueError`` naming the bad value: no ``=``, an empty side, or the same ``OLD`` twice (which would win?)."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        old, new = old.strip(), new.strip()
+        if not sep or not old or not new:
+            raise ValueError(f"{value!r}: expected OLD=NEW with both sides non-empty, e.g. /data/images=/mnt/images")
+        old, new = old.rstrip("/") or "/", new.rstrip("/") or "/"
+        if old in pairs:
+            raise ValueError(f"{value!r}: {old} is mapped twice (to {pairs[old]} and {new})")
+        pairs[old] = new
+    return tuple(pairs.items())
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -233,6 +260,7 @@ def prepare(
     *,
     limit: int | None = None,
     image_root: str | os.PathLike | None = None,
+    path_map: PathMap = (),
     on_error: str = "fail",
     keep_paths: bool = False,
     prompt_style: str | None = None,
@@ -264,6 +292,7 @@ def prepare(
         keep_paths=keep_paths,
         data_source=data_source,
         benchmark=benchmark_name(format_name, source_path),
+        path_map=tuple(path_map),
     )
     records, total = (vlmevalkit_records if format_name == "hrbench" else read_records)(source_path, split)
     summary = Summary(format=format_name, out=out)
