@@ -516,6 +516,73 @@ def test_malformed_path_map_is_a_command_line_error(tmp_path, capsys, value, mes
     assert not (tmp_path / "o.parquet").exists()
 
 
+def cvbench_published(i, image=True, **changes):
+    """A record of CV-Bench's main-branch parquet: every published column, the image embedded as an HF image dict."""
+    rows = [
+        {"idx": 0, "type": "2D", "task": "Count", "question": "How many organs are in the image?",
+         "choices": ["3", "2", "1", "0"], "answer": "(C)",
+         "prompt": "How many organs are in the image? Select from the following choices.\n(A) 3\n(B) 2\n(C) 1\n(D) 0",
+         "filename": "img/2D/count/ade20k_10.png", "source": "ADE20K", "source_dataset": "ADE20K Validation Set",
+         "source_filename": "ADE_val_00000248.jpg", "target_class": None, "target_size": None, "bbox": None},
+        {"idx": 1, "type": "2D", "task": "Count", "question": "How many cars are in the image?",
+         "choices": ["2", "4", "1", "3"], "answer": "(B)",
+         "prompt": "How many cars are in the image? Select from the following choices.\n(A) 2\n(B) 4\n(C) 1\n(D) 3",
+         "filename": "img/2D/count/coco_3.png", "source": "COCO", "source_dataset": "COCO 2017 Validation Set",
+         "source_filename": "000000011197.jpg", "target_class": "car", "target_size": 3046.0, "bbox": None},
+        {"idx": 1438, "type": "3D", "task": "Depth", "question": "Which is closer to the camera, the lamp or the bed?",
+         "choices": ["lamp", "bed"], "answer": "(A)",
+         "prompt": "Which is closer to the camera, the lamp or the bed?\n(A) lamp\n(B) bed",
+         "filename": "img/3D/depth/omni3d_sunrgbd_7.png", "source": "Omni3D", "source_dataset": "SUNRGBD",
+         "source_filename": "SUNRGBD/kv2/kinect2data/000065.jpg", "target_class": None, "target_size": None,
+         "bbox": [[120.5, 80.0, 200.0, 190.25], [300, 150, 420, 300]]},
+    ]
+    record = {**rows[i], **changes}
+    if image:
+        record["image"] = {"bytes": encoded((512, 384 + 16 * i), COLOURS[i]), "path": Path(record["filename"]).name}
+    return record
+
+
+def test_cvbench_as_published_embeds_its_images_and_keeps_its_annotations(tmp_path, capsys, monkeypatch):
+    """The main branch ships test_2d/3d.parquet with the images inside, the .jsonl beside them, and no img/ folder."""
+    import pandas as pd
+
+    from visionr3.data.prepare import ParquetRowWriter
+
+    monkeypatch.setattr(ParquetRowWriter, "MAX_ROWS", 1)  # the 2D rows' empty boxes alone in the first row group
+    folder = tmp_path / "CV-Bench"
+    folder.mkdir()
+    pd.DataFrame([cvbench_published(0), cvbench_published(1)]).to_parquet(folder / "test_2d.parquet")
+    pd.DataFrame([cvbench_published(2)]).to_parquet(folder / "test_3d.parquet")
+    write_jsonl(folder / "test_2d.jsonl", [cvbench_published(0, image=False)])
+    out = tmp_path / "cvbench_2d.parquet"
+    assert main(["prepare", "cvbench", str(folder / "test_2d.parquet"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"prepare cvbench: wrote 2 rows to {out}"
+    ade, coco = read_rows(out)
+    assert [image_size(row["images"][0]) for row in (ade, coco)] == [(512, 384), (512, 400)]
+    assert (ade["reward_model"]["ground_truth"], coco["reward_model"]["ground_truth"]) == ("C", "B")
+    assert coco["extra_info"]["question_stem"] == "How many cars are in the image?"
+    kept = ("type", "source_dataset", "source_filename", "target_class", "bbox")
+    assert {k: coco["extra_info"][k] for k in kept} == {
+        "type": "2D", "source_dataset": "COCO", "source_filename": "000000011197.jpg", "target_class": "car",
+        "bbox": []}
+    assert (ade["extra_info"]["target_class"], ade["extra_info"]["bbox"]) == ("", [])
+
+    # the snapshot folder: both files, the 3D row's boxes after row groups that had none
+    assert main(["prepare", "cvbench", str(folder), "--out", str(out)]) == 0
+    depth = read_rows(out)[2]["extra_info"]
+    assert (depth["type"], depth["category"], depth["source_dataset"]) == ("3D", "Depth", "Omni3D")
+    assert depth["bbox"] == [[120.5, 80.0, 200.0, 190.25], [300.0, 150.0, 420.0, 300.0]]
+    assert depth["source_filename"] == "SUNRGBD/kv2/kinect2data/000065.jpg"
+
+    # the jsonl without an img/ folder: the error says where the images are
+    capsys.readouterr()
+    assert main(["prepare", "cvbench", str(folder / "test_2d.jsonl"), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    missing = (folder / "img/2D/count/ade20k_10.png").resolve()
+    assert f"row 0 (id '0'): field 'filename': file not found: {missing}" in error
+    assert "prepare test_2d.parquet/test_3d.parquet, which embed it" in error
+
+
 # --- verl reads the rows -------------------------------------------------------------------------------------------
 
 

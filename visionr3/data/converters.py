@@ -521,10 +521,35 @@ def mmvp(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
     )
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def boxes(value: Any, name: str) -> list[list[float]]:
+    """A source's box annotation as a list of boxes: ``None`` -> ``[]``, one box ``[a, b, c, d]`` -> ``[[a, b, c, d]]``,
+    a list of boxes as it is; numbers only, each box as the source writes it (its convention is the caller's to
+    state)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise RowError(name, f"expected a box or a list of boxes, got {type(value).__name__}", "wrong type")
+    if value and all(_is_number(v) for v in value):
+        value = [value]
+    if not all(isinstance(box, (list, tuple)) and box and all(_is_number(v) for v in box) for box in value):
+        raise RowError(name, "expected a box or a list of boxes of numbers", "wrong type")
+    return [[float(v) for v in box] for box in value]
+
+
 def cvbench(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
-    """CV-Bench ``test_2d.jsonl``/``test_3d.jsonl`` (papers.md §2.4): ``prompt`` (question and ``(A) …`` lines),
-    ``filename``, ``answer`` (``"(C)"``); ``choices``/``question`` are used when present. ``type`` (2D/3D), ``task``
-    and ``source`` (ADE20K/COCO/Omni3D, CV-Bench averages per source) are kept."""
+    """CV-Bench (``nyu-visionx/CV-Bench``, papers.md §2.4) as its main branch publishes it: ``test_2d.parquet`` /
+    ``test_3d.parquet`` with the image embedded in ``image`` (a Hugging Face image dict), or ``test_2d.jsonl`` /
+    ``test_3d.jsonl`` whose ``filename`` (``img/2D/count/ade20k_10.png``) is read under the image root. The main
+    branch no longer ships ``img/`` (its ``build_img.py`` rebuilds it), so ``image`` wins whenever a record has one.
+
+    ``prompt`` (question and ``(A) …`` lines), ``answer`` (``"(C)"``); ``choices``/``question`` are used when present.
+    Kept in ``extra_info``: ``type`` (2D/3D), ``task`` (the category), ``source`` as ``source_dataset`` (ADE20K/COCO/
+    Omni3D: CV-Bench averages per source), and where the record has them ``source_filename``, ``target_class`` (COCO
+    rows) and ``bbox`` (Omni3D rows: the boxes of the objects its 3D questions highlight, as published)."""
     stem, options = split_option_lines(text(record, "prompt"), "prompt")
     choices = optional(record, "choices")
     if choices is not None:  # the structured options win over the parsed lines (numbers in Count are written as text)
@@ -533,11 +558,26 @@ def cvbench(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
         options = check_options(choices, "choices")
     question = optional_text(record, "question") or stem
     letter = answer_letter(field(record, "answer"), len(options), "answer")
+    if optional(record, "image") is not None:
+        image = image_entry(record["image"], "image", ctx)
+    else:
+        try:
+            image = image_entry(text(record, "filename"), "filename", ctx)
+        except RowError as exc:
+            if exc.kind != "image not found":
+                raise
+            hint = "CV-Bench's main branch ships no img/: prepare test_2d.parquet/test_3d.parquet, which embed it"
+            raise RowError(exc.field, f"{exc.message} ({hint})", exc.kind) from None
     return mc_row(
         ctx, index=index, benchmark="cvbench", source_id=optional_text(record, "idx"), question=question,
-        options=options, letter=letter, image=image_entry(text(record, "filename"), "filename", ctx),
-        category=optional_text(record, "task"),
-        extra={"type": optional_text(record, "type"), "source_dataset": optional_text(record, "source")},
+        options=options, letter=letter, image=image, category=optional_text(record, "task"),
+        extra={
+            "type": optional_text(record, "type"),
+            "source_dataset": optional_text(record, "source"),
+            "source_filename": optional_text(record, "source_filename"),
+            "target_class": optional_text(record, "target_class"),
+            "bbox": boxes(optional(record, "bbox"), "bbox"),
+        },
     )
 
 

@@ -91,7 +91,8 @@ FORMATS: dict[str, Format] = {
         converters.mmvp, "zoom", "MMVP Questions.csv {Index, Question, Options, Correct Answer}", ("Index",)
     ),
     "cvbench": Format(
-        converters.cvbench, "zoom", "CV-Bench test_2d.jsonl / test_3d.jsonl {prompt, filename, answer}", ("idx",)
+        converters.cvbench, "zoom",
+        "CV-Bench test_2d.parquet / test_3d.parquet (embedded images; or the .jsonl with an img/ folder)", ("idx",),
     ),
     "hrbench": Format(
         converters.hrbench, "zoom", "HR-Bench hr_bench_4k.tsv / hr_bench_8k.tsv (base64 images)", ("index",)
@@ -297,7 +298,7 @@ def prepare(
     records, total = (vlmevalkit_records if format_name == "hrbench" else read_records)(source_path, split)
     summary = Summary(format=format_name, out=out)
     failures: list[dict[str, Any]] = []
-    writer = ParquetRowWriter(out, images_type(keep_paths, spec.resized_images))
+    writer = ParquetRowWriter(out, images_type(keep_paths, spec.resized_images), extra_info_types())
 
     def convert(item: tuple[int, Any]) -> tuple[int, str | None, Any]:
         index, record = item
@@ -565,6 +566,16 @@ def images_type(keep_paths: bool, resized: bool):
     return pa.list_(pa.struct(fields))
 
 
+def extra_info_types() -> dict[str, Any]:
+    """Arrow types of the ``extra_info`` fields a whole row group may hold only empty (CV-Bench's ``bbox`` is empty on
+    every 2D row, V*'s boxes without an annotation file): stated, or the first group's ``list<null>`` would refuse
+    the boxes of a later one."""
+    import pyarrow as pa
+
+    box_list = pa.list_(pa.list_(pa.float64()))
+    return {"bbox": box_list, "target_boxes": box_list, "target_objects": pa.list_(pa.string())}
+
+
 def _without_nulls(type_):
     """An inferred Arrow type with null-typed leaves (all-None fields) made strings, so later batches fit."""
     import pyarrow as pa
@@ -585,10 +596,11 @@ class ParquetRowWriter:
     MAX_ROWS = 256
     MAX_BYTES = 64 << 20
 
-    def __init__(self, out: Path, images: Any):
+    def __init__(self, out: Path, images: Any, extra_info: Mapping[str, Any] | None = None):
         self.out = out
         self.partial = out.with_name(f".{out.name}.partial")
         self.images = images
+        self.extra_info = dict(extra_info or {})  # stated types of extra_info fields (extra_info_types)
         self._rows: list[dict] = []
         self._bytes = 0
         self._writer = None
@@ -608,9 +620,7 @@ class ParquetRowWriter:
             return
         if self._schema is None:
             inferred = pa.Table.from_pylist(self._rows).schema
-            self._schema = pa.schema(
-                [pa.field(f.name, self.images if f.name == "images" else _without_nulls(f.type)) for f in inferred]
-            )
+            self._schema = pa.schema([pa.field(f.name, self._type(f)) for f in inferred])
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.partial, self._schema)
         try:
@@ -619,6 +629,18 @@ class ParquetRowWriter:
             raise RuntimeError(f"rows do not fit the first row group's schema {self._schema} ({exc})") from exc
         self._writer.write_table(table)
         self._rows, self._bytes = [], 0
+
+    def _type(self, column: Any) -> Any:
+        """A column's type: ``images`` as stated, ``extra_info`` with its stated fields, the rest as inferred."""
+        import pyarrow as pa
+
+        if column.name == "images":
+            return self.images
+        if column.name == "extra_info" and pa.types.is_struct(column.type):
+            return pa.struct(
+                [pa.field(f.name, self.extra_info.get(f.name) or _without_nulls(f.type)) for f in column.type]
+            )
+        return _without_nulls(column.type)
 
     def commit(self) -> None:
         self._flush()
