@@ -265,7 +265,7 @@ EXPECTED = {
     "vlm_r3": ("visionr3_vlm_r3", ["textvqa", "gqa"], ["red", "yes"], [[(640, 480)], [(320, 480)]],
                '<image>What colour is the wall?\nYou need to first think about the reasoning process in your mind'),
     "vision_sr1": ("visionr3_vision_sr1", ["vision_sr1"] * 2, ["red", "3"], [[(300, 200)], [(300, 200)]],
-                   "<image>What colour is the image? You are tasked with analyzing an image/video"),
+                   "What colour is the image?<image> You are tasked with analyzing an image/video"),
     "deepeyes": ("visionr3_agent", ["vstar", "thinklite_eureka"], ["red", "4"], [[(1000, 800)], []],
                  "<image>\nWhat colour is the square?\nThink first, call **image_zoom_in_tool** if needed"),
     "vstar": ("visionr3_agent", ["vstar"] * 2, ["A", "B"], [[(1600, 1200)], [(1600, 1200)]],
@@ -583,6 +583,24 @@ def test_cvbench_as_published_embeds_its_images_and_keeps_its_annotations(tmp_pa
     assert "prepare test_2d.parquet/test_3d.parquet, which embed it" in error
 
 
+def test_vision_sr1_moves_a_single_image_placeholder_to_the_end_as_its_dataset_does(tmp_path):
+    """Vision-SR1's `_prefix_image_token` (verl/utils/dataset.py) moves one <image> to the end of the problem."""
+    import datasets
+
+    problem = "<image>Why are the bikes all stopped? Options: A. red light B. race C. parade D. no gas"
+    data = {"images": [[{"bytes": encoded((300, 200), "red"), "path": None}]], "problem": [problem], "answer": ["A"]}
+    text = datasets.Value("string")
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "problem": text, "answer": text})
+    (tmp_path / "sr1/data").mkdir(parents=True)
+    datasets.Dataset.from_dict(data, features=features).to_parquet(tmp_path / "sr1/data/train-00000-of-00001.parquet")
+    out = tmp_path / "out.parquet"
+    assert main(["prepare", "vision_sr1", str(tmp_path / "sr1"), "--out", str(out)]) == 0
+    (row,) = read_rows(out)
+    expected = "Why are the bikes all stopped? Options: A. red light B. race C. parade D. no gas<image>"
+    assert row["prompt"] == [{"role": "user", "content": expected + prompts.SR1_FORMAT}]
+    assert row["extra_info"]["question"] == problem.replace("<image>", "")
+
+
 # --- verl reads the rows -------------------------------------------------------------------------------------------
 
 
@@ -888,6 +906,22 @@ def test_map_path(reference, expected):
 def test_parse_path_map_refuses_an_old_prefix_twice():
     with pytest.raises(ValueError, match="'/data/=/b': /data is mapped twice \\(to /a and /b\\)"):
         parse_path_map(["/data=/a", "/data/=/b"])
+
+
+@pytest.mark.parametrize(
+    "question, num_images, expected",
+    [
+        ("<image>\nWhat is it?", 1, "What is it?<image>"),
+        ("Look at <image> here. ", 1, "Look at  here.<image>"),  # removed where it stood, as Vision-SR1 does
+        ("What is it?", 1, "What is it?<image>"),
+        ("<image> left <image> right", 2, "<image> left <image> right"),  # several: where the source put them
+        ("Compare.", 2, "Compare.<image><image>"),
+        ("2+2?", 0, "2+2?"),
+    ],
+)
+def test_vision_sr1_image_placement(question, num_images, expected):
+    (message,) = prompts.STYLES["vision_sr1"].messages(question, num_images)
+    assert message["content"] == expected + prompts.SR1_FORMAT
 
 
 def test_mc_prompt_is_the_documented_form():

@@ -12,8 +12,9 @@ style                        agent loop               user turn (``{q}``: the qu
 ``vision_sr1``               ``visionr3_vision_sr1``  ``{q}<image>`` + Vision-SR1's description/think/boxed format
 ============================ ======================== ===============================================================
 
-A question that already holds ``<image>`` placeholders (VisionThink's and Vision-SR1's ``problem``) keeps them where
-they are; their number must equal the row's image count. No system prompt is written for the tool styles: the chat
+A question that already holds ``<image>`` placeholders (VisionThink's ``problem``) keeps them where they are; their
+number must equal the row's image count. The exception is Vision-SR1's, whose dataset moves a single ``<image>`` to
+the end of the problem (:func:`sr1_question`). No system prompt is written for the tool styles: the chat
 template renders the tool block from the job's tool YAML (papers.md §1.1, §4.1 — the papers' system prompts are that
 block).
 
@@ -104,6 +105,16 @@ def with_images(text: str, num_images: int, where: str = "front", sep: str = "\n
     return placeholders + sep + text if where == "front" else text + sep + placeholders
 
 
+def sr1_question(text: str, num_images: int) -> str:
+    """The user text Vision-SR1 puts before its format suffix: its dataset (``verl/utils/dataset.py``,
+    ``_prefix_image_token``) takes a single ``<image>`` out of ``problem`` wherever it stands and appends it at the end,
+    and its jinja trims the content. A question with several placeholders keeps them where they are (Vision-SR1
+    leaves those alone); one without any gets them at the end, as Vision-SR1 appends one."""
+    if num_images == 1 and text.count(IMAGE) == 1:
+        text = text.replace(IMAGE, "")
+    return with_images(text.strip(), num_images, "back", "")
+
+
 def _user(content: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
@@ -124,9 +135,7 @@ STYLES: dict[str, PromptStyle] = {
             lambda q, n: [{"role": "system", "content": VISIONTHINK_GENERAL_SYSTEM_PROMPT}, *_user(with_images(q, n))],
         ),
         # Vision-SR1's jinja trims the content ({{ content | trim }}) and the format text starts with a space.
-        PromptStyle(
-            "vision_sr1", "visionr3_vision_sr1", lambda q, n: _user(with_images(q.strip(), n, "back", "") + SR1_FORMAT)
-        ),
+        PromptStyle("vision_sr1", "visionr3_vision_sr1", lambda q, n: _user(sr1_question(q, n) + SR1_FORMAT)),
     )
 }
 
