@@ -132,9 +132,9 @@ def build_deepeyes(tmp_path):
                 "answer": "red", "index": "train_7", "question": "What colour is the square?", "split": "train"
             },
         },
-        {  # data_thinklite_reasoning_acc: text only, no env
+        {  # data_thinklite_reasoning_acc: no env (trained without tools), here without an image
             "data_source": "thinklite_eureka",
-            "prompt": [{"role": "user", "content": "What is 2+2?"}],
+            "prompt": [{"role": "user", "content": "What is 2+2? Put the final answer in \\boxed{}."}],
             "images": [],
             "ability": "math",
             "env_name": "",
@@ -256,7 +256,8 @@ BUILDERS = {
     "mme_realworld": build_mme_realworld,
 }
 
-# format -> (agent_name, data_sources, ground truths, image sizes per row, a text the first prompt contains)
+# format -> (agent_name (or one per row), data_sources, ground truths, image sizes per row, a text the first prompt
+# contains)
 EXPECTED = {
     "visionthink_general": ("visionr3_visionthink", ["open_source", "open_source_require_high"], ["red", "STOP"],
                             [[(896, 672)], [(896, 672)]], "Here is the image and question:\n<image>\nWhat colour"),
@@ -266,7 +267,8 @@ EXPECTED = {
                '<image>What colour is the wall?\nYou need to first think about the reasoning process in your mind'),
     "vision_sr1": ("visionr3_vision_sr1", ["vision_sr1"] * 2, ["red", "3"], [[(300, 200)], [(300, 200)]],
                    "What colour is the image?<image> You are tasked with analyzing an image/video"),
-    "deepeyes": ("visionr3_agent", ["vstar", "thinklite_eureka"], ["red", "4"], [[(1000, 800)], []],
+    "deepeyes": (["visionr3_agent", "single_turn_agent"], ["vstar", "thinklite_eureka"], ["red", "4"],
+                 [[(1000, 800)], []],
                  "<image>\nWhat colour is the square?\nThink first, call **image_zoom_in_tool** if needed"),
     "vstar": ("visionr3_agent", ["vstar"] * 2, ["A", "B"], [[(1600, 1200)], [(1600, 1200)]],
               "<image>\nWhat is the colour of the cup?\nA. red\nB. black\nC. white\nD. pink\n"
@@ -319,7 +321,7 @@ def test_each_format_converts_to_rows(tmp_path, capsys, format_name):
     assert capsys.readouterr().out.strip() == f"prepare {format_name}: wrote 2 rows to {out}"
     rows = read_rows(out)
     agent, data_sources, truths, sizes, prompt_text = EXPECTED[format_name]
-    assert [row["agent_name"] for row in rows] == [agent, agent]
+    assert [row["agent_name"] for row in rows] == ([agent] * 2 if isinstance(agent, str) else agent)
     assert [row["data_source"] for row in rows] == data_sources
     assert [row["reward_model"]["ground_truth"] for row in rows] == truths
     assert [[image_size(image) for image in row["images"]] for row in rows] == sizes
@@ -383,7 +385,7 @@ def test_per_format_extra_info(tmp_path):
     de = read_rows(tmp_path / "de/out.parquet")
     assert [(r["extra_info"]["env_name"], r["extra_info"]["source_index"]) for r in de] == [
         ("visual_toolbox_v2", "train_7"), ("", "train_8")]
-    assert de[1]["prompt"][0]["content"].startswith("What is 2+2?\nThink first")  # text-only: no placeholder
+    assert de[1]["prompt"] == [{"role": "user", "content": "What is 2+2? Put the final answer in \\boxed{}."}]
 
 
 def test_mme_realworld_in_both_layouts_keeps_task_subtask_and_category(tmp_path, capsys):
@@ -601,6 +603,38 @@ def test_vision_sr1_moves_a_single_image_placeholder_to_the_end_as_its_dataset_d
     assert row["extra_info"]["question"] == problem.replace("<image>", "")
 
 
+def test_deepeyes_rows_without_a_tool_env_keep_their_own_prompt_on_a_tool_free_loop(tmp_path, capsys):
+    """DeepEyes builds no tool for an empty env_name (ParallelEnv.reset) and feeds the row's own prompt and images."""
+    import pandas as pd
+
+    source, _ = build_deepeyes(tmp_path)
+    rows = pd.read_parquet(source).to_dict("records")
+    own = [{"role": "system", "content": "You are a helpful assistant."},
+           {"role": "user", "content": "<image>\nFind x in the figure. Put the final answer in \\boxed{}."}]
+    visual = {**rows[1], "prompt": own, "images": [{"bytes": encoded((640, 480), "green"), "path": None}],
+              "extra_info": {**rows[1]["extra_info"], "question": "Find x in the figure.", "index": "train_9"}}
+    pd.DataFrame([rows[0], visual]).to_parquet(source)
+    out = tmp_path / "out.parquet"
+    assert main(["prepare", "deepeyes", str(source), "--out", str(out), "--agent-name", "visionr3_agent"]) == 0
+    tool_row, free_row = read_rows(out)
+    assert (tool_row["agent_name"], free_row["agent_name"]) == ("visionr3_agent", "single_turn_agent")
+    assert tool_row["prompt"][0]["content"].endswith(prompts.DEEPEYES_USER_PROMPT)
+    assert free_row["prompt"] == own  # the row's instruction, not the zoom prompt rebuilt from extra_info.question
+    assert [image_size(image) for image in free_row["images"]] == [(640, 480)]
+    info = free_row["extra_info"]
+    assert (info["question"], info["env_name"], info["source_index"], info["prompt_style"]) == (
+        "Find x in the figure.", "", "train_9", "source")
+
+    capsys.readouterr()
+    pd.DataFrame([{**visual, "prompt": [own[0], {"role": "user", "content": "Find x."}]}]).to_parquet(source)
+    assert main(["prepare", "deepeyes", str(source), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "row 0 (id 'train_9'): field 'prompt': has 0 <image> placeholder(s) but the row has 1 image(s)" in error
+    pd.DataFrame([{**visual, "prompt": [{"role": "user", "content": ["parts"]}]}]).to_parquet(source)
+    assert main(["prepare", "deepeyes", str(source), "--out", str(out)]) == 1
+    assert "field 'prompt[0]': expected {role: system|user|assistant, content: text}" in capsys.readouterr().err
+
+
 # --- verl reads the rows -------------------------------------------------------------------------------------------
 
 
@@ -629,7 +663,9 @@ def test_verl_dataset_keeps_every_row(tmp_path, tiny_model_dirs, format_name, ex
         contents = [c for m in item["raw_prompt"] if isinstance(m["content"], list) for c in m["content"]]
         images = [c for c in contents if c["type"] == "image"]
         assert [formats_image_size(c) for c in images] == size_row
-        assert item["agent_name"] == EXPECTED[format_name][0] and item["reward_model"]["ground_truth"] == truth
+        agent = EXPECTED[format_name][0]
+        assert item["agent_name"] == (agent if isinstance(agent, str) else agent[i])
+        assert item["reward_model"]["ground_truth"] == truth
     if extra == ["--keep-paths"]:
         path = (tmp_path / "vstar_bench/direct_attributes/sa_0.jpg").resolve()
         assert read_rows(out)[0]["images"] == [{"image": str(path)}]

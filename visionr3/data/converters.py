@@ -124,10 +124,11 @@ def answer(record: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def check_placeholders(question: str, num_images: int, name: str) -> None:
-    """A question with ``<image>`` placeholders must have one per image (verl's dataset asserts it much later)."""
+def check_placeholders(question: str, num_images: int, name: str, *, placed: bool = False) -> None:
+    """A question with ``<image>`` placeholders must have one per image (verl's dataset asserts it much later);
+    ``placed``: the text is used as it is, so it must have one per image even when it has none."""
     count = question.count(IMAGE)
-    if count and count != num_images:
+    if (count or placed) and count != num_images:
         message = f"has {count} {IMAGE} placeholder(s) but the row has {num_images} image(s)"
         raise RowError(name, message, "placeholder mismatch")
 
@@ -466,24 +467,62 @@ def vision_sr1(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow
     return _row(ctx, optional_text(record, "data_source", "vision_sr1"), problem, images, ground_truth, info)
 
 
+TOOL_FREE_AGENT = "single_turn_agent"
+"""verl's one-turn loop (built in, no tool block rendered): where DeepEyes' rows without a tool environment go."""
+
+
+def chat_messages(record: Mapping[str, Any], name: str) -> list[dict[str, str]]:
+    """A source's own chat prompt: a non-empty list of ``{role, content}`` with text content and a user turn."""
+    value = field(record, name)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RowError(name, f"expected a list of chat messages, got {type(value).__name__}", "wrong type")
+    messages = []
+    for i, message in enumerate(value):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise RowError(f"{name}[{i}]", "expected {role: system|user|assistant, content: text}", "wrong type")
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "user" for m in messages):
+        raise RowError(name, "no user turn", "missing field")
+    return messages
+
+
 def deepeyes(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
     """DeepEyes' verl parquet (``ChenShawn/DeepEyes-Datasets-47k``, papers.md §4.4): ``extra_info.question``,
-    ``reward_model.ground_truth``, ``images``, ``data_source`` (kept: DeepEyes routes rewards by it), ``env_name``.
+    ``reward_model.ground_truth``, ``images``, ``prompt``, ``data_source`` (kept: DeepEyes routes rewards by it),
+    ``env_name``.
 
-    The prompt is rebuilt from the question (their ``prompt`` column carries their system prompt, whose tool block our
-    chat template renders from the tool YAML). Text-only rows (``data_thinklite_reasoning_acc``, empty ``env_name``)
-    are kept without an image, as DeepEyes trains on them.
+    DeepEyes gives a row its tools by ``env_name`` (``agent.tool_name_key``): its ``ParallelEnv`` builds no tool for
+    an empty one and ends the episode after the first answer, and its dataset feeds the row's own ``prompt`` with
+    whatever ``images`` the row carries. So the two kinds of rows differ here too:
+
+    * tool rows (``visual_toolbox_v2``): the prompt is rebuilt from the question in the row's prompt style (their
+      ``prompt`` column carries their system prompt, whose tool block our chat template renders from the tool
+      YAML), for the style's agent loop;
+    * tool-free rows (the ThinkLite reasoning set, ``data_thinklite_reasoning_acc``, empty ``env_name``): the row's
+      own ``prompt`` messages, as DeepEyes trained them, its images (none, or as many as its ``<image>``
+      placeholders) and :data:`TOOL_FREE_AGENT`, whatever ``--prompt-style``/``--agent-name`` say.
     """
     question = text(record, "extra_info.question")
     ground_truth = answer(record, "reward_model.ground_truth")
     images = image_list(record, "images", ctx, allow_empty=True)
-    check_placeholders(question, len(images), "extra_info.question")
-    info = {
-        "index": index,
-        "source_index": optional_text(record, "extra_info.index"),
-        "env_name": optional_text(record, "env_name"),
-    }
-    return _row(ctx, optional_text(record, "data_source", "deepeyes"), question, images, ground_truth, info)
+    env_name = optional_text(record, "env_name")
+    info = {"index": index, "source_index": optional_text(record, "extra_info.index"), "env_name": env_name}
+    data_source = optional_text(record, "data_source", "deepeyes")
+    if env_name:
+        check_placeholders(question, len(images), "extra_info.question")
+        return _row(ctx, data_source, question, images, ground_truth, info)
+    prompt = chat_messages(record, "prompt")
+    check_placeholders("".join(m["content"] for m in prompt), len(images), "prompt", placed=True)
+    return VisionRow(
+        data_source=ctx.data_source or data_source,
+        agent_name=TOOL_FREE_AGENT,
+        prompt=prompt,
+        images=images,
+        reward_model={"style": "rule", "ground_truth": ground_truth},
+        extra_info={**info, "question": bare_question(question), "prompt_style": "source"},  # the row's own prompt
+    )
 
 
 # --- evaluation sets ---------------------------------------------------------------------------------------------

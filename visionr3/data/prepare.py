@@ -82,7 +82,9 @@ FORMATS: dict[str, Format] = {
         ("id",),
     ),
     "deepeyes": Format(
-        converters.deepeyes, "zoom", "DeepEyes verl parquet (file or folder of shards)", ("extra_info.index",)
+        converters.deepeyes, "zoom",
+        "DeepEyes verl parquet (file or folder of shards); rows without env_name -> single_turn_agent, own prompt",
+        ("extra_info.index",),
     ),
     "vstar": Format(
         converters.vstar, "zoom", "V* Bench test_questions.jsonl {image, text, label, category}", ("question_id",)
@@ -157,7 +159,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how the question is prompted (default: the style of --agent-name if it is a known loop, else the "
         "format's own)",
     )
-    parser.add_argument("--agent-name", default=None, help="agent loop of every row (default: the prompt style's)")
+    parser.add_argument(
+        "--agent-name", default=None,
+        help="agent loop of every row (default: the prompt style's); DeepEyes' tool-free rows keep single_turn_agent",
+    )
     parser.add_argument(
         "--data-source", default=None,
         help="data_source of every row (default: the source's own label, else the format/benchmark name)",
