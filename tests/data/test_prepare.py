@@ -635,6 +635,35 @@ def test_deepeyes_rows_without_a_tool_env_keep_their_own_prompt_on_a_tool_free_l
     assert "field 'prompt[0]': expected {role: system|user|assistant, content: text}" in capsys.readouterr().err
 
 
+def test_vstar_and_mme_realworld_keep_their_annotations(tmp_path, capsys, monkeypatch):
+    """V*'s sa_*.json beside each image (target objects, [x, y, w, h] boxes); MME-RealWorld's Dataset field."""
+    from visionr3.data.prepare import ParquetRowWriter
+
+    monkeypatch.setattr(ParquetRowWriter, "MAX_ROWS", 1)  # a first row group without boxes
+    source, _ = build_vstar(tmp_path)
+    annotation = {"target_object": ["cup", "spoon"], "bbox": [[100, 200, 50, 40], [10.5, 20, 5, 5]],
+                  "question": "What is the colour of the cup?", "options": ["blue", "black", "white", "pink"]}
+    (tmp_path / "vstar_bench/direct_attributes/sa_1.json").write_text(json.dumps(annotation))  # sa_0 has none
+    out = tmp_path / "out.parquet"
+    assert main(["prepare", "vstar", str(source), "--out", str(out)]) == 0
+    bare, annotated = (row["extra_info"] for row in read_rows(out))
+    assert (bare["target_objects"], bare["target_boxes"]) == ([], [])
+    assert annotated["target_objects"] == ["cup", "spoon"]
+    assert annotated["target_boxes"] == [[100.0, 200.0, 150.0, 240.0], [10.5, 20.0, 15.5, 25.0]]  # x1, y1, x2, y2
+
+    capsys.readouterr()
+    (tmp_path / "vstar_bench/direct_attributes/sa_1.json").write_text(json.dumps({**annotation, "bbox": [[1, 2, 3]]}))
+    assert main(["prepare", "vstar", str(source), "--out", str(out)]) == 1
+    json_path = (tmp_path / "vstar_bench/direct_attributes/sa_1.json").resolve()
+    error = capsys.readouterr().err
+    assert f"row 1 (id '1'): field 'image': annotation {json_path}: 'bbox' holds a box without 4 numbers" in error
+
+    records = [mme_record(0, Dataset="nuScenes"), mme_record(1)]
+    source, _ = build_mme_realworld(tmp_path / "mme", records)
+    assert main(["prepare", "mme_realworld", str(source), "--out", str(out)]) == 0
+    assert [row["extra_info"]["source_dataset"] for row in read_rows(out)] == ["nuScenes", ""]
+
+
 # --- verl reads the rows -------------------------------------------------------------------------------------------
 
 

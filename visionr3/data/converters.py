@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 import os
 import re
@@ -528,16 +529,45 @@ def deepeyes(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
 # --- evaluation sets ---------------------------------------------------------------------------------------------
 
 
+def vstar_annotation(image_path: str, ctx: Context) -> dict[str, list]:
+    """V*'s annotation of one image, read from the JSON file beside it (``sa_4690.json`` for ``sa_4690.jpg``, as V*'s
+    own eval finds it): ``target_object`` (names) and ``bbox`` (``[x, y, w, h]`` pixels, per V*'s README), returned as
+    ``target_objects`` and ``target_boxes`` ``[x1, y1, x2, y2]`` in the image's pixels, the convention of the crop tool
+    and the viewer. Both are empty when the image has no such file."""
+    json_path = _resolve(image_path, ctx)[0].with_suffix(".json")
+    if not json_path.is_file():
+        return {"target_objects": [], "target_boxes": []}
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RowError("image", f"annotation {json_path} is not readable JSON ({exc})", "bad annotation") from None
+    if not isinstance(data, Mapping):
+        raise RowError("image", f"annotation {json_path}: expected a JSON object", "bad annotation")
+    objects = data.get("target_object") or []
+    objects = [objects] if isinstance(objects, str) else objects
+    if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+        raise RowError("image", f"annotation {json_path}: 'target_object' is not a list of names", "bad annotation")
+    try:
+        xywh = boxes(data.get("bbox"), "bbox")
+    except RowError as exc:
+        raise RowError("image", f"annotation {json_path}: {exc}", "bad annotation") from None
+    if any(len(box) != 4 for box in xywh):
+        raise RowError("image", f"annotation {json_path}: 'bbox' holds a box without 4 numbers", "bad annotation")
+    return {"target_objects": objects, "target_boxes": [[x, y, x + w, y + h] for x, y, w, h in xywh]}
+
+
 def vstar(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
     """V* Bench ``test_questions.jsonl`` (papers.md §2.4): ``image`` (relative to the bench folder), ``text``
-    (question, ``(A) …`` option lines, answer instruction), ``label`` (letter), ``category``."""
+    (question, ``(A) …`` option lines, answer instruction), ``label`` (letter), ``category``. The per-image
+    annotation beside the image (target objects and their boxes, :func:`vstar_annotation`) is kept in ``extra_info``."""
     question, options = split_option_lines(text(record, "text"), "text")
     letter = answer_letter(field(record, "label"), len(options), "label")
     image_path = text(record, "image")
     source_id = optional_text(record, "question_id") or Path(image_path).stem
+    image = image_entry(image_path, "image", ctx)
     return mc_row(
         ctx, index=index, benchmark="vstar", source_id=source_id, question=question, options=options, letter=letter,
-        image=image_entry(image_path, "image", ctx), category=optional_text(record, "category"),
+        image=image, category=optional_text(record, "category"), extra=vstar_annotation(image_path, ctx),
     )
 
 
@@ -646,14 +676,15 @@ def mme_realworld(record: Mapping[str, Any], index: int, ctx: Context) -> Vision
     * the official annotation JSON (``MME-RealWorld.json``/``MME-RealWorld-CN.json``): ``Question_id``, ``Image``
       (relative to the image root), ``Text``, ``Question Type`` (``Multiple Choice``; anything else is refused),
       ``Answer choices`` (``["(A) red", ...]``), ``Ground truth`` (letter), ``Task`` (Perception/Reasoning),
-      ``Subtask`` (the domain: Remote Sensing, Monitoring, ...), ``Category`` (the fine task: color, count, ...);
+      ``Subtask`` (the domain: Remote Sensing, Monitoring, ...), ``Category`` (the fine task: color, count, ...),
+      ``Dataset`` where a record has it (the public set the image comes from: nuScenes, ...);
     * lmms-eval's parquet (``yifanzhang114/MME-RealWorld-Lmms-eval``): ``index``, ``question``, ``bytes`` (the image
       as base64 text; ``image`` bytes or an image dict are read too), ``multi-choice options``, ``answer``,
       ``category`` (``Task/Subtask``; the task is read the way lmms-eval's scorer reads it) and ``l2-category``
       (the fine task).
 
     ``category`` is ``Subtask/Category`` (``Remote Sensing/color``), the unit MME-RealWorld reports; ``task``,
-    ``subtask`` and ``fine_category`` are kept apart too. The last option is often MME-RealWorld's "the image does not
+    ``subtask``, ``fine_category`` and ``Dataset`` (as ``source_dataset``, "" when absent) are kept apart too. The last option is often MME-RealWorld's "the image does not
     feature ..." choice; it is an ordinary option here."""
     if "Text" in record or "Question_id" in record:
         question_type = optional_text(record, "Question Type", "Multiple Choice")
@@ -683,5 +714,7 @@ def mme_realworld(record: Mapping[str, Any], index: int, ctx: Context) -> Vision
     return mc_row(
         ctx, index=index, benchmark="mme_realworld", source_id=source_id, question=question, options=options,
         letter=letter, image=image, category="/".join(part for part in (subtask, fine) if part),
-        extra={"task": task, "subtask": subtask, "fine_category": fine},
+        extra={
+            "task": task, "subtask": subtask, "fine_category": fine, "source_dataset": optional_text(record, "Dataset")
+        },
     )
