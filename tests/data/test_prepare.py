@@ -419,6 +419,7 @@ def test_mme_realworld_in_both_layouts_keeps_task_subtask_and_category(tmp_path,
     [
         ("MME-RealWorld.json", "mme_realworld"),
         ("MME-RealWorld-CN.json", "mme_realworld_cn"),
+        ("MME_RealWorld_CN.json", "mme_realworld_cn"),  # the published name
         ("MME-RealWorld-Lite-lmms-eval", "mme_realworld_lite"),
         ("mme_realworld_cn_lite.parquet", "mme_realworld_cn_lite"),
         ("scenic.json", "mme_realworld"),  # "cn" only as a word of the name

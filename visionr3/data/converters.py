@@ -673,7 +673,7 @@ def hrbench(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
 def mme_realworld(record: Mapping[str, Any], index: int, ctx: Context) -> VisionRow:
     """MME-RealWorld (and MME-RealWorld-CN), in either public layout:
 
-    * the official annotation JSON (``MME-RealWorld.json``/``MME-RealWorld-CN.json``): ``Question_id``, ``Image``
+    * the official annotation JSON (``MME_RealWorld.json``/``MME_RealWorld_CN.json``): ``Question_id``, ``Image``
       (relative to the image root), ``Text``, ``Question Type`` (``Multiple Choice``; anything else is refused),
       ``Answer choices`` (``["(A) red", ...]``), ``Ground truth`` (letter), ``Task`` (Perception/Reasoning),
       ``Subtask`` (the domain: Remote Sensing, Monitoring, ...), ``Category`` (the fine task: color, count, ...),

@@ -101,7 +101,7 @@ FORMATS: dict[str, Format] = {
     ),
     "mme_realworld": Format(
         converters.mme_realworld, "zoom",
-        "MME-RealWorld(-CN).json {Question_id, Image, Text, ...} or lmms-eval's parquet",
+        "MME_RealWorld(_CN).json {Question_id, Image, Text, ...} or lmms-eval's parquet folder",
         ("Question_id", "index"),
     ),
     "vlir": Format(
@@ -249,7 +249,7 @@ def benchmark_name(format_name: str, source: Path) -> str | None:
     """Benchmarks whose variants are reported separately, told apart by the source's file (or folder) name:
     HR-Bench's 4K and 8K files (``hrbench_4k``/``hrbench_8k``), MME-RealWorld's Chinese and Lite editions
     (``mme_realworld_cn``, ``mme_realworld_lite``, ``mme_realworld_cn_lite``: ``CN``/``Lite`` as a word of the name, as
-    in ``MME-RealWorld-CN.json`` and ``MME-RealWorld-Lite-lmms-eval/``)."""
+    in ``MME_RealWorld_CN.json`` and ``MME-RealWorld-Lite-lmms-eval/``)."""
     name = source.name.lower()
     if format_name == "hrbench":
         return "hrbench_8k" if "8k" in name else "hrbench_4k" if "4k" in name else "hrbench"
