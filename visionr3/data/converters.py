@@ -5,7 +5,8 @@ index and a :class:`Context`, and returns a :class:`~visionr3.data.rows.VisionRo
 :class:`~visionr3.data.rows.RowError` naming the source field that is wrong. They share no state, so
 ``visionr3 prepare`` runs them on a thread pool; the only I/O is reading and decoding the row's images (so a bad image
 fails here, with its row, and not hours later inside a Ray worker, where verl's prompt-length filter would silently
-drop the row). The prompt each row gets is its :class:`~visionr3.data.prompts.PromptStyle`'s
+drop the row) and, for V*, the annotation file beside each image. Image paths are rewritten by ``--path-map``
+(:func:`map_path`) before they are resolved. The prompt each row gets is its :class:`~visionr3.data.prompts.PromptStyle`'s
 (:mod:`visionr3.data.prompts`); what a row holds, images and multiple-choice ``extra_info`` included, is
 :mod:`visionr3.data.rows`.
 
