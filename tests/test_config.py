@@ -92,3 +92,35 @@ def test_params_the_formula_does_not_take_are_named_before_ray_starts():
     assert VisionR3Settings.from_config(recipe("zoom", "visionr3.reward.formula=vlm_r3", "~visionr3.reward.params.variant"))
     with pytest.raises(ValueError, match="unknown reward formula 'vlm_r4'"):
         VisionR3Settings.from_config(recipe("zoom", "visionr3.reward.formula=vlm_r4"))
+
+
+@pytest.mark.parametrize(
+    "name, override, params",
+    [
+        (None, "visionr3.reward.params={format_weight: 0.5}", {"format_weight": 0.5}),
+        ("zoom", "visionr3.reward.params={format_weight: 0.5}", {"variant": "code", "format_weight": 0.5}),
+        ("zoom", "visionr3.reward.params.format_weight=0.5", {"variant": "code", "format_weight": 0.5}),
+        ("zoom", "visionr3.reward.params={variant: paper}", {"variant": "paper"}),
+        ("visionthink", "visionr3.reward.params={tool_call_penalty: 0}", {"tool_call_penalty": 0}),
+    ],
+)
+def test_a_params_override_merges_into_what_the_config_sets(name, override, params):
+    """README's ``visionr3.reward.params='{format_weight: 0.5}'``, written without ``+``: Hydra closes every dict
+    before it applies overrides, so this failed (``Key 'format_weight' is not in struct``) for any key the YAML did
+    not already have. It now merges, through to the reward function's kwargs."""
+    config = recipe(name, override) if name else compose(config_path(), "visionr3_trainer", [*DATA, override])
+    assert dict(config.visionr3.reward.params) == params
+    assert dict(config.reward.custom_reward_function.reward_kwargs.params) == params
+    assert VisionR3Settings.from_config(config).params == params
+
+
+def test_only_params_is_open_and_the_formula_still_names_a_key_it_does_not_take():
+    default = ["visionr3.reward.params={tool_call_penalty: 0}"]  # VisionThink's key; the default formula has none
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tool_call_penalty'\] for formula 'exact_match_plus_format'"):
+        VisionR3Settings.from_config(compose(config_path(), "visionr3_trainer", [*DATA, *default]))
+    from hydra.errors import ConfigCompositionException
+
+    for closed in ("visionr3.reward.paramz={a: 1}", "visionr3.reward.judge={timout: 5}", "visionr3.shaping.x=1"):
+        with pytest.raises(ConfigCompositionException):
+            recipe("zoom", closed)
+

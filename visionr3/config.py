@@ -56,6 +56,32 @@ def register_resolvers() -> None:
         )
 
 
+OPEN_PARAMS = "visionr3_open_params"
+"""The name of the config node (Hydra's ConfigStore) that leaves ``visionr3.reward.params`` open to new keys;
+configs/visionr3_base.yaml lists it first in its defaults."""
+
+
+def register_config_nodes() -> None:
+    """Register :data:`OPEN_PARAMS` with Hydra's ConfigStore (idempotent): ``visionr3.reward.params`` with struct mode
+    off, so that ``visionr3.reward.params='{format_weight: 0.5}'`` (and ``visionr3.reward.params.format_weight=0.5``)
+    merges into whatever the config or recipe already sets, as documented.
+
+    Hydra puts the whole composed config in struct mode before applying overrides, so a dict override into a dict
+    node is refused for every key the YAML does not already have (``Key 'format_weight' is not in struct``), and YAML
+    cannot turn the flag off for one node. A node's own flag wins over its parent's and survives the merge, so this
+    node, composed before the YAML, opens ``params`` only; the rest of the config stays closed. A key no formula
+    takes is still refused, naming the key, by :meth:`VisionR3Settings.from_config` (before Ray starts) and by the
+    formula itself (``visionr3/reward/formulas.py``). :mod:`visionr3.plugin` registers it when hydra is imported;
+    :func:`compose` and :func:`run_hydra` do too.
+    """
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.create({})
+    OmegaConf.set_struct(params, False)
+    ConfigStore.instance().store(name=OPEN_PARAMS, node={"visionr3": {"reward": {"params": params}}})
+
+
 def compose(config_dir, name: str, overrides=()):
     """Hydra's compose of ``<config_dir>/<name>.yaml`` with ``overrides``, leaving no global Hydra state behind
     (``visionr3 eval`` composes a recipe this way; so do the config tests)."""
@@ -63,6 +89,7 @@ def compose(config_dir, name: str, overrides=()):
     from hydra import initialize_config_dir
 
     register_resolvers()
+    register_config_nodes()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return hydra_compose(config_name=name, overrides=list(overrides))
 
@@ -76,6 +103,9 @@ def run_hydra(prog: str, config_dir, config_name: str, argv: list[str], task) ->
     import sys
 
     import hydra
+
+    register_resolvers()
+    register_config_nodes()
 
     @hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)
     def _entry(config) -> None:

@@ -24,7 +24,10 @@ torch, ray, omegaconf and transformers — have been imported). So it must not i
    :func:`visionr3.platform.transformers_hook.install` (immediately, since verl has imported transformers; right after
    transformers is imported otherwise). A no-op where torchvision works; ~0.3 s where it installs its stand-ins.
 3. **OmegaConf resolvers** — :func:`visionr3.config.register_resolvers` (``${visionr3.config:...}``,
-   ``${visionr3.template:...}``), needed wherever a config is resolved. Cheap.
+   ``${visionr3.template:...}``), needed wherever a config is resolved. Cheap. With them, once hydra is imported
+   (not before: it costs ~0.2 s), :func:`visionr3.config.register_config_nodes`, the config node that lets a
+   ``visionr3.reward.params`` override merge new keys, needed wherever a visionr3 config is composed
+   (``python -m verl.trainer.main_ppo`` included).
 4. **Registrations with verl's registries** — deferred, by :data:`DEFERRED_IMPORTS`, to the moment verl imports the
    package that holds the registry (after that package's ``__init__`` has finished, so there is no import cycle).
    Processes that never use a registry (TransferQueue storage actors, reward workers, ...) pay nothing, and the
@@ -76,9 +79,10 @@ def load() -> None:
 
     prepare_processing_runtime()
 
-    from visionr3.config import register_resolvers
+    from visionr3.config import register_config_nodes, register_resolvers
 
     register_resolvers()
+    after_import("hydra", lambda _hydra: register_config_nodes())
 
     for verl_package, ours in DEFERRED_IMPORTS.items():
         after_import(verl_package, _importer(ours))

@@ -46,12 +46,15 @@ def test_configs_compose_and_validate(name, overrides):
 
 
 def test_verl_main_ppo_accepts_our_config():
-    """`python -m verl.trainer.main_ppo --config-path <ours> --config-name visionr3_trainer` composes (verl's entry)."""
+    """`python -m verl.trainer.main_ppo --config-path <ours> --config-name visionr3_trainer` composes (verl's entry),
+    with a ``visionr3.reward.params`` dict override: the plug-in verl imports registers the node that opens it."""
     result = subprocess.run(
         [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(config_path()), "--config-name",
          "visionr3_trainer", "--cfg", "job", "--resolve", f"actor_rollout_ref.model.path={MODEL}",
-         "data.train_files=t.parquet", "data.val_files=v.parquet", "actor_rollout_ref.rollout.name=vllm"],
+         "data.train_files=t.parquet", "data.val_files=v.parquet", "actor_rollout_ref.rollout.name=vllm",
+         "visionr3.reward.params={format_weight: 0.5}"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trainer_mode: visionr3_sync" in result.stdout and "crop_zoom.yaml" in result.stdout
+    assert "format_weight: 0.5" in result.stdout
