@@ -334,6 +334,28 @@ def test_each_format_converts_to_rows(tmp_path, capsys, format_name):
     assert not list(tmp_path.glob(".*.partial")) and not list(tmp_path.glob("*.skipped.jsonl"))
 
 
+@pytest.mark.parametrize("format_name", list(EXPECTED))
+def test_a_relative_source_path_reads_the_same_images(tmp_path, monkeypatch, format_name):
+    """README's commands pass relative paths (``visionr3 prepare mmvp MMVP/Questions.csv ...``): the image root
+    derived from a relative source must not be joined twice (it read ``MMVP/MMVP/MMVP Images/1.jpg``)."""
+    source, args = BUILDERS[format_name](tmp_path)
+    monkeypatch.chdir(tmp_path)
+    relative = [str(Path(a).relative_to(tmp_path)) if a.startswith(str(tmp_path)) else a for a in args]
+    assert main(["prepare", format_name, str(source.relative_to(tmp_path)), "--out", "out.parquet", *relative]) == 0
+    assert [[image_size(i) for i in row["images"]] for row in read_rows(tmp_path / "out.parquet")] == EXPECTED[
+        format_name][3]
+
+
+@pytest.mark.parametrize("image_root", [None, "MMVP", "MMVP/MMVP Images", "./MMVP/../MMVP"])
+def test_mmvp_from_a_relative_path_keeps_the_images_absolute_path(tmp_path, monkeypatch, image_root):
+    build_mmvp(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    extra = ["--image-root", image_root] if image_root else []
+    assert main(["prepare", "mmvp", "MMVP/Questions.csv", "--out", "mmvp.parquet", "--keep-paths", *extra]) == 0
+    rows = read_rows(tmp_path / "mmvp.parquet")
+    assert [row["images"][0]["image"] for row in rows] == [str(tmp_path / f"MMVP/MMVP Images/{i}.jpg") for i in (1, 2)]
+
+
 def test_hrbench_image_references_are_resolved(tmp_path):
     """VLMEvalKit's TSVs store a shared image once; other rows hold that row's index instead (HR-Bench's cycles)."""
     source, _ = build_hrbench(tmp_path)

@@ -291,8 +291,11 @@ def prepare(
             f"visionr3_visionthink loop halves for its first view; agent {agent!r} may show the 2 x image",
             file=sys.stderr,
         )
+    # Absolute from here on: a converter may join the root into the path it passes on, which is then taken as
+    # relative to the root again (MMVP once read MMVP/MMVP/MMVP Images/1.jpg from `prepare mmvp MMVP/Questions.csv`).
+    root = Path(image_root) if image_root else (source_path if source_path.is_dir() else source_path.parent)
     ctx = Context(
-        image_root=Path(image_root) if image_root else (source_path if source_path.is_dir() else source_path.parent),
+        image_root=root.resolve(),
         style=style,
         agent_name=agent,
         keep_paths=keep_paths,
