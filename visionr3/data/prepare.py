@@ -15,9 +15,10 @@ the prompt each format gets is in :mod:`visionr3.data.prompts`.
 A bad record stops the command with an error naming the file, the row (0-based position among the source's records)
 and its id, and the field (``--on-error fail``, the default: a benchmark whose denominator silently shrinks, or a
 training set missing rows nobody asked to drop, is worse than a stop). ``--on-error skip`` writes every good row,
-counts the reasons in the summary and lists each skipped row in ``<out>.skipped.jsonl``. The output is written to a
-temporary file and renamed at the end, so a failed run leaves no partial parquet behind. Exit codes: 0 written,
-1 bad data (or nothing written), 2 bad command line.
+counts the reasons in the summary and lists each skipped row beside the output, in ``<stem>.skipped.jsonl``
+(``--out val.parquet`` -> ``val.skipped.jsonl``). The output is written to a temporary file and renamed at the
+end, so a failed run leaves no partial parquet behind. Exit codes: 0 written, 1 bad data (or nothing written), 2 bad
+command line.
 """
 
 from __future__ import annotations
