@@ -318,3 +318,28 @@ def test_torchrun_two_ranks_match_one_and_merge(single_process_run, mixed_rows_f
     reference = load_file(one_process / "global_step_3" / "huggingface" / "model.safetensors")
     for name, tensor in merged_weights.items():
         torch.testing.assert_close(tensor.float(), reference[name].to(tensor.dtype).float(), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_cfg_job_prints_the_config_and_launches_nothing(tmp_path, monkeypatch, capsys, where):
+    """``visionr3 sft --nproc-per-node 8 ... --cfg job`` printed nothing useful: written after the overrides,
+    ``--cfg job`` went to torchrun with them, which started 8 ranks. Wherever it stands, it now prints the composed
+    config in this process, and neither torchrun nor a one-process world (RANK, MASTER_PORT) is set up."""
+    from visionr3 import cli
+    from visionr3.train import sft
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError(f"launched {args}")
+
+    monkeypatch.setattr(sft, "launch_torchrun", no_launch)
+    monkeypatch.setattr(subprocess, "call", no_launch)
+    monkeypatch.setattr(sft, "run_config", no_launch)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.chdir(tmp_path)
+    overrides = ["model.path=/tmp/some-model", "data.train_files=rows.parquet"]
+    flags = ["--cfg", "job"]
+    argv = ["sft", "--nproc-per-node", "8", *(flags + overrides if where == "before" else overrides + flags)]
+    assert cli.main(argv) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.model.path == "/tmp/some-model" and printed.data.train_files == "rows.parquet"
+    assert "RANK" not in os.environ and not list(tmp_path.iterdir())

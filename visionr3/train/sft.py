@@ -45,11 +45,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Hydra overrides, e.g. model.path=... data.train_files=...")
 
 
+PRINTING_FLAGS = frozenset({"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"})
+"""Hydra's flags that print something and train nothing. Written after the overrides they reach Hydra inside
+``hydra_args`` rather than as our ``--cfg``; either way they run in this process, never through torchrun."""
+
+
+def prints_only(hydra_args: list[str]) -> bool:
+    """``hydra_args`` ask Hydra to print (the composed config, its info or help) rather than to train."""
+    return any(arg.split("=", 1)[0] in PRINTING_FLAGS for arg in hydra_args)
+
+
 def run(args: argparse.Namespace) -> int:
     hydra_args = [a for a in args.hydra_args if a != "--"]
     if args.cfg:
-        return main(["--config-name", args.config_name, "--cfg", args.cfg, *(["--resolve"] if args.resolve else []),
-                     *hydra_args])
+        hydra_args = ["--cfg", args.cfg, *(["--resolve"] if args.resolve else []), *hydra_args]
+    if prints_only(hydra_args):
+        return main(["--config-name", args.config_name, *hydra_args])
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise SystemExit("visionr3 sft: --nproc-per-node and --nnodes must be at least 1")
     if args.nproc_per_node * args.nnodes == 1 and not args.rdzv_endpoint:
@@ -130,11 +141,14 @@ def main(argv: list[str]) -> int:
     import visionr3.plugin  # noqa: F401  (CPU platform, processor runtime and resolvers in this process too)
     from visionr3.config import config_path, run_hydra
 
-    if "RANK" not in os.environ:  # not started by torchrun: a world of one process
-        os.environ.update(single_process_env())
     result: dict = {}
 
-    run_hydra("visionr3 sft", config_path(), DEFAULT_CONFIG, argv, lambda config: result.update(run_config(config)))
+    def train(config) -> None:  # Hydra calls it only to train: `--cfg job` prints and sets up nothing
+        if "RANK" not in os.environ:  # not started by torchrun: a world of one process
+            os.environ.update(single_process_env())
+        result.update(run_config(config))
+
+    run_hydra("visionr3 sft", config_path(), DEFAULT_CONFIG, argv, train)
     if int(os.environ.get("RANK", "0")) == 0 and result:
         print(format_summary(result), flush=True)
     return 0
