@@ -116,6 +116,19 @@ def test_recipe_searchpath_joins_the_run_of_overrides(argv, expected):
     assert with_override(argv, "S") == expected
 
 
+def test_train_help_names_the_recipes(capsys):
+    """``visionr3 train --help`` is argparse's (everything else after ``train`` is Hydra's): it must say that
+    ``--recipe`` exists, which recipes there are, and what ``--config-name`` and ``--cfg job`` do."""
+    from visionr3.cli import main
+    from visionr3.config import RECIPES
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--recipe" in text and all(name in text for name in RECIPES)
+    assert "--config-name cpu: its CPU variant" in text and "--cfg job prints the composed config" in text
+
 def test_train_recipe_composes_through_the_cli():
     import subprocess
     import sys

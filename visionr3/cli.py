@@ -31,7 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from visionr3.train.main import main
 
-    return main(args.hydra_args)
+    return main([*(["--recipe", args.recipe] if args.recipe else []), *args.hydra_args])
 
 
 # subcommand -> (module, one-line help). The module's configure(parser)/run(args) do the rest.
@@ -76,13 +76,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="hf: our HF-transformers replica (default); vllm: verl's vLLM rollout on vLLM's CPU build (slower start)",
     )
     demo.set_defaults(func=_demo)
+    from visionr3.config import RECIPES
+
     train = sub.add_parser(
         "train",
-        help="run verl's trainer on a visionr3 config (Hydra overrides follow)",
-        description="Hydra command line: visionr3 train [--config-name NAME] [key=value ...]. "
-        "Default config: configs/visionr3_trainer.yaml.",
+        help="run verl's trainer on a visionr3 config or a paper's recipe (Hydra overrides follow)",
+        description="Hydra command line: visionr3 train [--recipe NAME] [--config-name NAME] [key=value ...] "
+        "[--cfg job]. Without --recipe the config is configs/visionr3_trainer.yaml (--config-name picks another "
+        "under configs/, e.g. cpu_demo); with it, recipes/NAME/config.yaml (--config-name cpu: its CPU variant). "
+        "--cfg job prints the composed config and trains nothing.",
     )
-    train.add_argument("hydra_args", nargs=argparse.REMAINDER, help="Hydra overrides and flags")
+    train.add_argument("--recipe", choices=RECIPES, help="a paper's recipe folder under recipes/")
+    train.add_argument("hydra_args", nargs=argparse.REMAINDER,
+                       help="Hydra's own flags (--config-name, --cfg job, ...) and key=value overrides")
     train.set_defaults(func=_train)
     for name in SUBCOMMANDS:
         if only is None or only == name:
