@@ -28,7 +28,8 @@ This ``__init__`` imports nothing.
 Trainer config: ``actor_rollout_ref.rollout.name=hf`` (``mode=async``, the default) and
 ``actor_rollout_ref.rollout.tensor_model_parallel_size=1`` (verl's default 2 asks for two trainer ranks per replica).
 
-A local LLM judge (verl's GenRM) on CPU::
+A local LLM judge on CPU (verl's GenRM, a generative reward model: an LLM that verl serves inside the job and whose
+written verdict becomes the reward)::
 
     reward.reward_model.enable=True reward.reward_model.model_path=<judge checkpoint>
     reward.reward_model.rollout.name=hf reward.reward_model.rollout.tensor_model_parallel_size=1
