@@ -168,6 +168,30 @@ def test_tool_yamls_load_through_verl(tmp_path):
     assert initialize_tools_from_config(str(config_path("tools", "resize.yaml")))[0].name == "resize_image"
 
 
+
+@pytest.mark.parametrize("name", ["crop_zoom.yaml", "crop_zoom_qwen3.yaml", "resize.yaml"])
+def test_loading_our_tools_prints_no_schema(name, capfd):
+    """verl 0.9.1's ``BaseTool.__init__`` prints the tool's whole schema as indented JSON, once per construction:
+    every agent-loop worker, verl's dataset (its prompt-length filter loads the tools too), the demo's warm-up and
+    ``visionr3 eval`` build them, so the JSON landed in the demo's and eval's console, even for Vision-SR1, whose
+    config inherits the crop tool. ``load_all_tools`` is what verl's AgentLoopWorker and RLHFDataset call."""
+    import json
+
+    from verl.tools.base_tool import BaseTool
+    from verl.tools.tool_registry import load_all_tools
+
+    from visionr3.config import config_path
+
+    (tool,) = load_all_tools(tool_config_path=str(config_path("tools", name)), function_tool_path=None)
+    dump = json.dumps(tool.tool_schema.model_dump(exclude_unset=True, exclude_none=True), indent=2)
+    out, err = capfd.readouterr()
+    assert dump not in out + err and f'"name": "{tool.name}"' not in out + err
+
+    # What the check would see without our redirect (verl's own class): when this fails, verl has stopped printing
+    # and the redirect in visionr3/tools/image_tools.py can go.
+    BaseTool({}, tool.tool_schema)
+    assert dump in capfd.readouterr().out
+
 def test_seen_size_matches_the_processor_grid(processor):
     """Box coordinates are in the frame the processor produces: our seen_size must equal its grid."""
     from visionr3.processing import seen_size
