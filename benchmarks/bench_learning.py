@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,8 +76,8 @@ def evaluate(model: Path, heldout: Path, out: Path, arm: Arm, max_turns: int) ->
     """Greedy held-out accuracy of ``model`` through ``visionr3 eval`` (the zoom recipe's loop and reward at CPU
     scale; the no-tool arm without its tool)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(out.stem + "*"):
-        stale.unlink()
+    for stale in out.parent.glob(out.stem + ".*"):  # a rerun into the same --out: eval writes a .config folder too
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     command = [
         sys.executable, "-m", "visionr3.cli", "eval", "--model", str(model), "--data", str(heldout), "--out", str(out),
         "--recipe", "zoom", "--config-name", "cpu", "--backend", "hf", "--max-turns", str(max_turns),
@@ -92,12 +93,12 @@ def evaluate(model: Path, heldout: Path, out: Path, arm: Arm, max_turns: int) ->
 
 def run_arm(name: str, seed: int, args: argparse.Namespace, train: Path, heldout: Path) -> RunResult:
     from visionr3.cluster.merge import merge_checkpoint
-    from visionr3.demo.run import DEMO_WARMUP, grpo_command, read_step_metrics, warmup_checkpoint
+    from visionr3.demo.run import LEARNING_WARMUP, grpo_command, phased_warmup, read_step_metrics
     from visionr3.testing.tiny_model import tiny_model_dir
 
     arm, directory = ARMS[name], args.out / f"{name}_seed{seed}"
     started = time.perf_counter()
-    policy, _ = warmup_checkpoint(tiny_model_dir("qwen2_5_vl"), seed=seed, task=arm.warmup_task, log_every=0, **DEMO_WARMUP)
+    policy, _ = phased_warmup(tiny_model_dir("qwen2_5_vl"), LEARNING_WARMUP, seed=seed, task=arm.warmup_task, log_every=0)
     start_accuracy = evaluate(policy, heldout, directory / "eval_start.jsonl", arm, args.max_turns)
     print(f"[{name} seed {seed}] warm-up policy {policy}: held-out accuracy {start_accuracy:.3f}", flush=True)
 
@@ -108,6 +109,7 @@ def run_arm(name: str, seed: int, args: argparse.Namespace, train: Path, heldout
         f"data.train_batch_size={args.prompts}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={args.prompts}",
         f"actor_rollout_ref.actor.optim.lr={args.lr}",
+        f"actor_rollout_ref.actor.optim.lr_warmup_steps={args.lr_warmup_steps}",
         f"actor_rollout_ref.rollout.temperature={args.temperature}",
         f"actor_rollout_ref.rollout.multi_turn.max_assistant_turns={args.max_turns}",
         f"data.seed={seed}",
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=2, help="prompts per step (default: 2)")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (default: 8)")
     parser.add_argument("--lr", type=float, default=3e-4, help="actor lr (default: 3e-4; at 1e-3 the tiny policy garbled its calls within 5 steps)")
+    parser.add_argument("--lr-warmup-steps", type=int, default=0, help="steps of verl's linear lr warm-up (default: 0)")
     parser.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (default: 0.5; at the CPU preset's 0.7 the tiny policy's boxes garble more often)")
     parser.add_argument("--max-turns", type=int, default=3, help="assistant turns per trajectory (default: 3)")
     parser.add_argument("--eval-rows", type=int, default=32, help="held-out rows (default: 32)")

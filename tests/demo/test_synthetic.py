@@ -81,3 +81,23 @@ def test_the_warmup_trains_and_saves_a_checkpoint(task, tmp_path):
                                pool_batches=None, log_every=0)
     assert len(result["losses"]) == 2 and all(math.isfinite(loss) and loss > 0 for loss in result["losses"])
     AutoModelForImageTextToText.from_pretrained(tmp_path / task)
+
+
+def test_a_phased_warmup_chains_its_phases_and_caches_each(tmp_path, monkeypatch):
+    """Phase 2 starts from phase 1's weights (its cache key is their hash), and a second run trains nothing."""
+    from safetensors.torch import load_file
+
+    from visionr3.demo.run import phased_warmup
+    from visionr3.testing.tiny_model import tiny_model_dir
+
+    base = tiny_model_dir("qwen2_5_vl")  # built in the shared cache before it is redirected
+    monkeypatch.setenv("VISIONR3_CACHE", str(tmp_path))
+    phases = ({"steps": 1, "lr": 1e-3, "pool_batches": None}, {"steps": 1, "lr": 1e-3, "answer_weight": 3.0, "pool_batches": None})
+    first, _ = phased_warmup(base, phases[:1], log_every=0)
+    policy, trained = phased_warmup(base, phases, log_every=0)
+    assert trained > 0 and policy != first
+    assert sorted(p.name for p in (tmp_path / "warmup").iterdir() if p.is_dir()) == sorted([first.name, policy.name])
+    before, after = load_file(first / "model.safetensors"), load_file(policy / "model.safetensors")
+    assert any(not before[name].equal(after[name]) for name in before)
+    again, trained_again = phased_warmup(base, phases, log_every=0)
+    assert (again, trained_again) == (policy, 0.0)

@@ -31,7 +31,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 
@@ -73,6 +75,22 @@ def warmup_checkpoint(
 
     target, _ = cached_build(cache_root() / "warmup" / key, key, build)
     return target, seconds
+
+
+def phased_warmup(
+    base_dir: Path, phases: Sequence[Mapping[str, Any]], seed: int = 0, task: str = "zoom", log_every: int = 10
+) -> tuple[Path, float]:
+    """:func:`warmup_checkpoint` run once per phase, each phase starting from the previous one's checkpoint with a
+    fresh optimizer (phase ``i`` draws its demonstrations with seed ``seed + 10 * i``). Each phase is cached on its own,
+    keyed by its input weights, so phases shared by two settings train once. Returns ``(checkpoint, seconds trained)``.
+
+    Why phases: Adam restarted after the call is learned lets the one colour token's gradient through, and a last
+    phase at a lower lr and plain weights settles the call's digits (NOTE.md, "The multi-turn warm-up, measured")."""
+    policy, seconds = Path(base_dir), 0.0
+    for i, phase in enumerate(phases):
+        policy, trained = warmup_checkpoint(policy, seed=seed + 10 * i, task=task, log_every=log_every, **phase)
+        seconds += trained
+    return policy, seconds
 
 
 def grpo_command(
@@ -118,6 +136,15 @@ DEMO_WARMUP = {"steps": 250, "lr": 3e-3, "answer_weight": 3.0, "pool_batches": N
 """The tiny policy's warm-up (:func:`warmup_checkpoint`), measured with :mod:`visionr3.testing.answer_probe` on held-out
 squares (NOTE.md, "The multi-turn warm-up, measured"): it calls the tool and answers on every trajectory,
 and reads the colour from the right crop part of the time, so GRPO's groups have reward variance to learn from."""
+
+LEARNING_WARMUP: tuple[dict[str, Any], ...] = (
+    {"steps": 150, "lr": 3e-3, "answer_weight": 10.0, "pool_batches": None},
+    {"steps": 100, "lr": 3e-3, "answer_weight": 3.0, "pool_batches": None},
+    {"steps": 150, "lr": 1e-3, "answer_weight": 1.0, "pool_batches": None},
+)
+"""The learning benchmark's warm-up (:func:`phased_warmup`): it reads the right crop (the answer probe's argmax 1.00 on
+32 held-out squares) and calls the named quarter on part of the rows (NOTE.md, "The multi-turn warm-up, measured"), so
+what GRPO has to learn is the call."""
 
 DEMO_ROLLOUTS: dict[str, tuple[str, str, dict]] = {
     # rollout -> (tiny_model size, cluster preset, warm-up settings)
