@@ -1,4 +1,4 @@
-"""The learning benchmark's target, run for real: the tool arm, one seed, from the command line (about 15 minutes on
+"""The learning benchmark's target, run for real: the tool arm, one seed, from the command line (about 20 minutes on
 2 cores, so ``slow``). GRPO must raise the held-out accuracy of its start policy by at least 0.25 (NOTE.md,
 "The learning benchmark" has what it measured)."""
 
