@@ -223,9 +223,10 @@ def test_failed_requests_are_reported_and_all_failed_is_an_error_not_a_score(tmp
         return Instance("generate_until", arguments, idx=0, metadata={"task": "mini", "doc_id": doc_id, "repeats": 1})
 
     records = tmp_path / "records.jsonl"
+    # the response budget holds the crop's image tokens too (169 for a square away from the edges): the CPU preset's 384
     with OpenAIStubServer(reply=SquarePolicy()) as server:
         model = VisionR3(pretrained=str(tiny_model_dir("qwen2_5_vl")), recipe="zoom", config_name="cpu",
-                         backend="openai", base_url=server.base_url, max_response_tokens=256, records=str(records))
+                         backend="openai", base_url=server.base_url, max_response_tokens=384, records=str(records))
         model.task_dict = {"mini": {"test": docs}}
         try:
             answers = model.generate_until([request(0), request(1)])
