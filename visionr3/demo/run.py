@@ -124,6 +124,7 @@ DEMO_RECIPES: dict[str, tuple[str, list[str]]] = {
             "visionr3.reward.formula=vision_sr1",
             "visionr3.advantage.decouple={visual: 1.0}",   # the paper's v2: separate answer and visual advantages
             "actor_rollout_ref.rollout.agent.default_agent_loop=visionr3_vision_sr1",
+            "actor_rollout_ref.rollout.multi_turn.tool_config_path=null",  # no tools: no schema in its prompts
             # Hot sampling, chosen while verl's equal-length crash was open (now repaired by visionr3.platform.verl_fixes):
             # the warmed-up policy is near-deterministic at 0.7, and 1.5 keeps its groups varied.
             "actor_rollout_ref.rollout.temperature=1.5",
