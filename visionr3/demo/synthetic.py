@@ -39,12 +39,19 @@ class MarkSample:
         return (QUESTION if task == "zoom" else SR1_QUESTION).format(quarter=self.quarter)
 
 
+def quarter_box(quarter: str, size: tuple[int, int]) -> list[int]:
+    """``[x1, y1, x2, y2]`` of ``quarter`` (one of :data:`QUARTERS`) in an image of ``size``."""
+    width, height = size
+    x1 = 0 if quarter.endswith("left") else width // 2
+    y1 = 0 if quarter.startswith("top") else height // 2
+    return [x1, y1, x1 + width // 2, y1 + height // 2]
+
+
 def make_sample(rng: random.Random, size: tuple[int, int] = (448, 448), side: int = 32) -> MarkSample:
     width, height = size
     colour = rng.choice(sorted(COLOURS))
     quarter = rng.choice(QUARTERS)
-    left = 0 if quarter.endswith("left") else width // 2
-    top = 0 if quarter.startswith("top") else height // 2
+    left, top, _, _ = quarter_box(quarter, size)
     x1 = left + rng.randrange(0, width // 2 - side + 1)
     y1 = top + rng.randrange(0, height // 2 - side + 1)
     image = Image.new("RGB", size, (236, 236, 230))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from visionr3.data.prompts import SR1_FORMAT
-from visionr3.demo.synthetic import MarkSample, make_sample
+from visionr3.demo.synthetic import MarkSample, make_sample, quarter_box
 
 TASKS = ("zoom", "direct", "visionthink", "vlm_r3", "sr1")
 """The demonstration formats :func:`supervised_warmup` trains (see the module docstring)."""
@@ -85,10 +85,7 @@ def quadrant_box(sample: MarkSample, seen_size: tuple[int, int]) -> list[int]:
     Coarse on purpose: the question says where to look, so the call is learnable by a tiny model (trained on exact
     16-pixel boxes it sampled digit soup); the colour is left to the pixels of the crop.
     """
-    width, height = seen_size
-    x1 = 0 if sample.quarter.endswith("left") else width // 2
-    y1 = 0 if sample.quarter.startswith("top") else height // 2
-    return [x1, y1, x1 + width // 2, y1 + height // 2]
+    return quarter_box(sample.quarter, seen_size)
 
 
 def _call(tool, arguments: dict, create_kwargs: dict):
