@@ -4,9 +4,6 @@ The fixture is one synthetic question image — a 1600×1200 canvas with a small
 display copy, as the evaluator stores a downscaled question image: the boxes are in source pixels, so a box drawn at
 the right place proves the viewBox convention. Chromium (Debian's package, headless, no network) loads the report
 from a file: a screenshot must show the pure-red box strokes, and the page's own filters must hide cards.
-
-To refresh the screenshot in docs/eval-and-viewer.md from this fixture:
-    VISIONR3_VIEWER_SCREENSHOT=docs/viewer.png .venv/bin/python -m pytest tests/eval/test_view.py -k screenshot
 """
 
 from __future__ import annotations
@@ -410,8 +407,6 @@ def test_browser_screenshot_shows_the_boxes(fixture, tmp_path):
     square = [(x, y) for x, y in red if top[1] - 5 <= y <= top[1] + 60 and top[0] - 60 <= x <= top[0] + 60]
     xs, ys = sorted(x for x, _ in square), sorted(y for _, y in square)
     assert 25 <= xs[-1] - xs[0] <= 60 and 25 <= ys[-1] - ys[0] <= 60  # the first box is a ~34 px square
-    if os.environ.get("VISIONR3_VIEWER_SCREENSHOT"):
-        shutil.copyfile(png, os.environ["VISIONR3_VIEWER_SCREENSHOT"])
 
 
 @pytest.mark.parametrize(
