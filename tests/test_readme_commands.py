@@ -43,11 +43,16 @@ def test_e2e_commands_name_a_test_that_exists():
             assert (ROOT / command.detail).is_file(), command
 
 
-def _prepare_builders():
-    spec = importlib.util.spec_from_file_location("_readme_prepare_builders", ROOT / "tests/data/test_prepare.py")
+def _test_module(path: str):
+    """Builders of another test module (its files in their published layouts), loaded by path."""
+    spec = importlib.util.spec_from_file_location("_readme_" + Path(path).stem, ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _prepare_builders():
+    return _test_module("tests/data/test_prepare.py")
 
 
 def write_sources(cwd: Path) -> None:
@@ -81,6 +86,13 @@ def write_sources(cwd: Path) -> None:
     (cwd / "outputs/zoom/rollouts").mkdir(parents=True)
     (cwd / "outputs/zoom/rollouts/1.jsonl").write_text(json.dumps(
         {"input": "user\nWhat colour?", "output": "<answer>red</answer>", "gts": "red", "score": 1.0, "step": 1}) + "\n")
+    # eval records (tests/eval/test_view.py's four, images beside them) where eval-and-viewer.md's `view` commands read
+    results = _test_module("tests/eval/test_view.py").write_fixture(scratch / "view")["results"]
+    for target in ("outputs/eval/demo.jsonl", "results/vstar.jsonl", "results/lmms.jsonl"):
+        (cwd / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results, cwd / target)
+        if not (cwd / target).with_name("results.images").exists():
+            shutil.copytree(results.with_name("results.images"), (cwd / target).with_name("results.images"))
     shutil.rmtree(scratch)
 
 
@@ -122,7 +134,8 @@ def test_cpu_commands_run_as_written(workdir):
     # what they promise to write is there
     for path in ["data/visionthink/train.parquet", "data/vlm_r3/train.parquet", "data/zoom/train.parquet",
                  "data/eval/vstar.parquet", "data/eval/cvbench_2d.parquet", "data/eval/mme_realworld.parquet",
-                 "data/vlm_r3/vlir.parquet", "constraints-gpu.txt", "rollouts.html", "tmp/tiny-qwen25vl/config.json",
+                 "data/vlm_r3/vlir.parquet", "constraints-gpu.txt", "rollouts.html", "outputs/eval/demo.html",
+                 "results/vstar.html", "results/lmms.html", "tmp/tiny-qwen25vl/config.json",
                  "tmp/tiny-qwen3vl/config.json"]:
         assert (workdir / path).is_file(), path
 
