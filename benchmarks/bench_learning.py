@@ -110,6 +110,7 @@ def run_arm(name: str, seed: int, args: argparse.Namespace, train: Path, heldout
         *arm.overrides,
         f"data.train_batch_size={args.prompts}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={args.prompts}",
+        f"actor_rollout_ref.actor.optim.optimizer={args.optimizer}",  # a torch.optim class (verl's build_optimizer)
         f"actor_rollout_ref.actor.optim.lr={args.lr}",
         f"actor_rollout_ref.actor.optim.lr_warmup_steps={args.lr_warmup_steps}",
         f"actor_rollout_ref.rollout.temperature={args.temperature}",
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=2, help="prompts per step (default: 2)")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (default: 8)")
     parser.add_argument("--lr", type=float, default=3e-4, help="actor lr (default: 3e-4; at 1e-3 one step garbled the tiny policy's calls)")
+    parser.add_argument("--optimizer", default="AdamW",
+                        help="the actor's torch.optim class (default: AdamW; SGD steps along the gradient itself, where "
+                        "AdamW moves every weight by about lr: NOTE.md, \"The gradient-sign check\")")
     parser.add_argument("--lr-warmup-steps", type=int, default=0, help="steps of verl's linear lr warm-up (default: 0)")
     parser.add_argument("--temperature", type=float, default=0.7,
                         help="sampling temperature (default: the CPU preset's 0.7; the start policy's top-quarter calls are right in ~1 of 3 samples)")

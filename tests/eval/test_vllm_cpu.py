@@ -31,7 +31,10 @@ STOP = list(VLM_R3_STOP)
 
 
 @pytest.fixture(scope="module")
-def policy() -> str:
+def policy(pool_slot) -> str:
+    """The module's checkpoint, built once the e2e pool's slot is held, so that its warm-up and the hf records run
+    beside one trainer at most: a fresh-clone CI peaked at 21.8 GB of 24 while they ran beside the HF pair (NOTE.md,
+    "The suite on 2 cores")."""
     from visionr3.demo.run import warmup_checkpoint
     from visionr3.testing.tiny_model import tiny_model_dir
 
