@@ -135,10 +135,3 @@ class AnswerProbe:
                 scores[colour] = float(torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(answer)[:, None]).sum())
         total = torch.logsumexp(torch.tensor(list(scores.values()), dtype=torch.float64), dim=0)
         return {colour: float(torch.exp(torch.tensor(value, dtype=torch.float64) - total)) for colour, value in scores.items()}
-
-
-def colour_probabilities(
-    model_dir: str | os.PathLike, sample: Any, *, data_max_pixels: int | None = None
-) -> dict[str, float]:
-    """``{colour: probability}`` after ``sample``'s demonstration (:meth:`AnswerProbe.demonstration`)."""
-    return AnswerProbe(model_dir, data_max_pixels=data_max_pixels).demonstration(sample)
