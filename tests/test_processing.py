@@ -217,3 +217,38 @@ def test_machines_without_torchvision_get_the_images_only_stand_ins(tiny_model_d
     assert result["stand_in"] == "visionr3.processing" and result["base"] == "transformers.video_processing_utils"
     assert result["image_processor"] == "Qwen2VLImageProcessorPil" and result["grid"] == [[1, 4, 4]]
     assert "torchvision" in result["refused"]
+
+
+def test_shared_resize_is_one_object_per_source_and_size_and_goes_with_its_source():
+    import gc
+    import weakref
+
+    from visionr3.processing import MAX_VIEWS_PER_SOURCE, live_view_sources, shared_resize
+
+    before = live_view_sources()
+    source, other = Image.new("RGB", (640, 480), "red"), Image.new("RGB", (640, 480), "red")
+    view = shared_resize(source, (320, 240), Image.Resampling.BICUBIC)
+    assert shared_resize(source, (320, 240), Image.Resampling.BICUBIC) is view
+    assert shared_resize(other, (320, 240), Image.Resampling.BICUBIC) is not view  # equal pixels, another object
+    assert shared_resize(source, (640, 480), Image.Resampling.BICUBIC) is source  # already that size: no copy
+    assert view.size == (320, 240) and live_view_sources() == before + 2
+
+    first = weakref.ref(view)
+    del view
+    for side in range(MAX_VIEWS_PER_SOURCE + 2):  # bounded: the oldest view of a source goes first
+        shared_resize(source, (100 + side, 100), Image.Resampling.BICUBIC)
+    gc.collect()
+    assert first() is None
+
+    last = weakref.ref(shared_resize(source, (101, 100), Image.Resampling.BICUBIC))
+    del source, other
+    gc.collect()
+    assert last() is None and live_view_sources() == before  # the memo entry went with its source
+
+
+def test_fetch_image_shares_the_view_of_a_shared_source():
+    from visionr3.processing import fetch_image
+
+    source = Image.new("RGB", (1792, 1344), "white")
+    item = {"type": "image", "image": source}
+    assert fetch_image(item, max_pixels=150528) is fetch_image(item, max_pixels=150528)

@@ -24,7 +24,10 @@ import base64
 import functools
 import io
 import os
+import threading
 import urllib.request
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -188,11 +191,74 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.mode == "RGB":
         return image
+    return derived_image(image, ("rgb",), _composite_rgb)
+
+
+def _composite_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.split()[3])
         return background
     return image.convert("RGB")
+
+
+MAX_VIEWS_PER_SOURCE = 4
+"""Derived images (RGB conversion, resized views) kept per live source object; the oldest goes first."""
+
+_views: dict[int, "OrderedDict[tuple, Image.Image]"] = {}
+_views_lock = threading.RLock()  # re-entrant: a finalizer can run while this thread holds it
+_source_locks: dict[int, threading.Lock] = {}
+
+
+def derived_image(source: Image.Image, key: tuple, make) -> Image.Image:
+    """``make(source)``, computed once per source *object* and ``key`` and shared for as long as ``source`` lives.
+
+    Why: the n samples of a group share one decoded source (the trainer repeats a prompt's row by reference; the
+    loop decodes it once, :func:`visionr3.agent.loop.original_images`). Each sample's loop used to make its own
+    resized view of it (``fetch_image``) and its own RGB conversion on every tool call: n copies of the image the
+    policy sees, per group, alive until the batch ended. Here they share one. The memo is bounded: an entry goes
+    with its source (a ``weakref.finalize``), and a source keeps at most :data:`MAX_VIEWS_PER_SOURCE` views.
+    Derived images are read, never written in place (crop/resize/the processor make new images).
+    benchmarks/bench_rollout_scale.py measures what this saves.
+    """
+    ident = id(source)
+    with _views_lock:
+        lock = _source_locks.get(ident)
+        if lock is None:  # first view of this source: forget its views when it dies (before its id can be reused)
+            lock = _source_locks[ident] = threading.Lock()
+            _views[ident] = OrderedDict()
+            weakref.finalize(source, _forget_source, ident)
+    with lock:  # siblings asking at once wait for one computation instead of making n
+        views = _views.get(ident)
+        view = views.get(key) if views is not None else None
+        if view is None:
+            view = make(source)
+            if views is not None:
+                views[key] = view
+                while len(views) > MAX_VIEWS_PER_SOURCE:
+                    views.popitem(last=False)
+        return view
+
+
+def _forget_source(ident: int) -> None:
+    with _views_lock:
+        _views.pop(ident, None)
+        _source_locks.pop(ident, None)
+
+
+def live_view_sources() -> int:
+    """How many source objects have derived images memoised now (tests and benchmarks check it stays bounded)."""
+    with _views_lock:
+        return len(_views)
+
+
+def shared_resize(source: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    """``source.resize(size, resample)``, shared by every caller that resizes the same source object to the same size
+    (see :func:`derived_image`); ``source`` itself when it already has that size."""
+    size = (int(size[0]), int(size[1]))
+    if source.size == size:
+        return source
+    return derived_image(source, ("resize", size, int(resample)), lambda image: image.resize(size, resample=resample))
 
 
 def fetch_image(
@@ -223,9 +289,7 @@ def fetch_image(
             min_pixels=options.get("min_pixels") or min_pixels,
             max_pixels=options.get("max_pixels") or max_pixels,
         )
-    if image.size == (width, height):
-        return image
-    return image.resize((width, height), resample=Image.Resampling.BICUBIC)
+    return shared_resize(image, (width, height), Image.Resampling.BICUBIC)
 
 
 def save_display_copy(image: Image.Image, path: str | os.PathLike, max_side: int, quality: int = 88) -> None:

@@ -6,7 +6,10 @@ post-processing into the training batch (masks, multi_modal_inputs, M-RoPE posit
 """
 
 import asyncio
+import gc
+import io
 import json
+import weakref
 
 import pytest
 import torch
@@ -258,3 +261,55 @@ def test_vlm_r3_inline_box_inserts_the_crop_in_the_same_assistant_turn(tiny_mode
     # One assistant turn throughout; generation stopped at VLM-R3's "</answer>" stop string.
     assert full.count("<|im_start|>") == 0 and full.endswith("<answer>red</answer>")
     assert field(out, "crop_boxes") == [[1120, 760, 1360, 1000]] and field(out, "num_images") == 2
+
+
+class _KeepingServer(ScriptedServer):
+    """The scripted server, also holding weak references to every image it was sent (identity, not copies)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: list[list] = []
+
+    async def generate(self, request_id, **kwargs):
+        self.sent.append([weakref.ref(image) for image in kwargs.get("image_data") or []])
+        return await super().generate(request_id, **kwargs)
+
+
+def test_a_group_shares_one_decoded_source_and_its_view_and_keeps_no_crop(tiny_model_dirs):
+    """n samples of one prompt, repeated by reference as the trainer repeats a batch, from a parquet-style row
+    (``{"bytes": ...}``): one decoded source and one view for all of them; when the batch is gone, so are the source,
+    the view, every crop and the view memo's entry."""
+    from visionr3.processing import live_view_sources
+    from visionr3.testing.agent_harness import build_gen_batch, make_agent_loop_worker
+
+    model_dir, n = tiny_model_dirs["qwen2_5_vl"], 3
+    config = compose_verl_config([
+        f"actor_rollout_ref.model.path={model_dir}",
+        f"actor_rollout_ref.rollout.multi_turn.tool_config_path={config_path('tools', 'crop_zoom.yaml')}",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={config_path('agent_loop.yaml')}",
+        f"+data.max_pixels={DATA_MAX_PIXELS['qwen2_5_vl']}",
+        "data.max_response_length=3072",
+    ])
+    worker = make_agent_loop_worker(config, None)
+    rollout = config.actor_rollout_ref.rollout
+    script = [hermes_call({"bbox_2d": [280, 190, 340, 250]}), hermes_call({"bbox_2d": [10, 10, 90, 90]}), "<answer>red</answer>"]
+    worker.llm_client = server = _KeepingServer(worker.tokenizer, [script] * n, prompt_length=rollout.prompt_length, response_length=rollout.response_length)
+    png = io.BytesIO()
+    marked_canvas(size=SOURCE_SIZE, box=(1200, 840, 1260, 900)).image.save(png, format="PNG")
+    row = dataset_row("<image>What colour is the small square?", [{"bytes": png.getvalue()}], agent_name="visionr3_agent")
+    source = weakref.ref(row["raw_prompt"][0]["content"][0]["image"])
+    memo_before = live_view_sources()
+
+    out = asyncio.run(worker.generate_sequences(build_gen_batch([row] * n)))
+    assert list(out.non_tensor_batch["valid_tool_calls"]) == [2] * n
+    first_views = {id(refs[0]()) for refs in server.sent}
+    assert len(server.sent) == 3 * n and len(first_views) == 1, "every sample was sent the same view object"
+    assert source().getim() is not None, "the shared source was decoded (once, in place)"
+    crops = [ref for refs in server.sent for ref in refs[1:]]
+    assert len(crops) == 3 * n  # 1 + 2 crops sent back per sample (turns 2 and 3)
+
+    del out, row
+    gc.collect()
+    assert source() is None and server.sent[0][0]() is None, "the batch kept the source or its view"
+    assert all(ref() is None for ref in crops), "a crop outlived its trajectory's batch"
+    assert live_view_sources() == memo_before

@@ -59,7 +59,7 @@ from visionr3.agent.trajectory import (
     TrajectoryStats,
 )
 from visionr3.config import plain
-from visionr3.processing import image_items, seen_size
+from visionr3.processing import image_items, seen_size, shared_resize
 from visionr3.reward.extract import description as extract_description
 from visionr3.tools.geometry import downsampled_size
 
@@ -301,8 +301,8 @@ class VisionAgentLoop(ToolAgentLoop):
         if images:
             self._full_sizes = [image.size for image in images]
             if self.low_res_factor:
-                images = [
-                    image.resize(downsampled_size(*image.size, self.low_res_factor), resample=Image.Resampling.LANCZOS)
+                images = [  # shared by the group's samples, like the view it is made from (shared_resize)
+                    shared_resize(image, downsampled_size(*image.size, self.low_res_factor), Image.Resampling.LANCZOS)
                     for image in images
                 ]
                 data["images"] = images

@@ -375,7 +375,9 @@ class Evaluator:
         else:
             fields.update(answer=ground_truth_text((row.get("reward_model") or {}).get("ground_truth")))
         fields["prompt"] = "\n".join(str(m.get("content", "")) for m in prompt if m.get("role") == "user")
-        images = list(row.get("images") or [])
+        # copies of the image dicts: verl's _build_messages attaches the opened image to the dict it is given, and the
+        # file's row must keep only its bytes, or every source a trajectory decodes would stay alive with the row
+        images = [dict(image) if isinstance(image, Mapping) else image for image in row.get("images") or []]
         try:
             messages = raw_prompt(prompt, images)
         except Exception as exc:
@@ -556,14 +558,17 @@ class Evaluator:
         Returns every record of the file (old and new)."""
         previous = self.previous
         done = {r.key for r in previous}
-        todo: dict[int, list[tuple[dict, dict]]] = {sample: [] for sample in range(self.protocol.samples)}
+        # the file's rows, not prepared items: a batch prepares its rows and drops them when its records are written,
+        # so the sources its trajectories decoded go with it (a prepared item kept to the end of the run kept its
+        # decoded source: 25 MB a row at 4K, benchmarks/bench_rollout_scale.py)
+        todo: dict[int, list[tuple[str, int, dict]]] = {sample: [] for sample in range(self.protocol.samples)}
         for data_file in self.settings.data:
             for number, row in enumerate(self.read_rows(data_file)):
-                item, fields = self.prepare_row(row, data_file=data_file, row_number=number)
+                _, fields = self.prepare_row(row, data_file=data_file, row_number=number)  # its key; nothing decoded
                 for sample, pending in todo.items():
                     key = sample_key(fields["benchmark"], fields["sample_id"], sample)
                     if key not in done:
-                        pending.append((item, fields))
+                        pending.append((data_file, number, row))
                         done.add(key)
         progress = _progress(sum(map(len, todo.values())), len(previous), self.settings.progress)
         records = list(previous)
@@ -571,7 +576,9 @@ class Evaluator:
             size = max(1, self.settings.batch_size)
             for sample, pending in todo.items():
                 for start in range(0, len(pending), size):
-                    new = self.run_prepared(pending[start : start + size], sample=sample)
+                    batch = [self.prepare_row(row, data_file=f, row_number=n) for f, n, row in pending[start : start + size]]
+                    new = self.run_prepared(batch, sample=sample)
+                    del batch
                     for record in new:
                         writer.write(record)
                         records.append(record)
