@@ -357,6 +357,12 @@ class _LRU:
         return len(self._data)
 
 
+def _cancelling() -> bool:
+    """Whether the current task has a cancellation pending (always False before Python 3.11, which cannot tell)."""
+    task = asyncio.current_task()
+    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
+
+
 if sys.version_info >= (3, 11):
     _deadline = asyncio.timeout
 else:  # pragma: no cover - Python 3.10
@@ -414,15 +420,31 @@ class JudgeClient:
         if hit is not None:
             self.stats.cache_hits += 1
             return replace(hit, cached=True, attempts=0, elapsed=0.0)
-        task = self._inflight.get(key)
-        if task is not None:
+        while (pending := self._inflight.get(key)) is not None:
             self.stats.inflight_joins += 1
-            return replace(await asyncio.shield(task), cached=True, attempts=0, elapsed=0.0)
-        task = asyncio.ensure_future(self._judge_uncached(messages))
-        self._inflight[key] = task
-        task.add_done_callback(lambda done: self._settle(key, done))
-        # shield: a cancelled caller must not cancel the call that identical callers are waiting for
-        return await asyncio.shield(task)
+            try:
+                # shield: a cancelled joiner must not cancel the call that its owner and other joiners wait for
+                verdict = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled() and not _cancelling():
+                    continue  # the call's owner was cancelled, not us: make the call ourselves
+                raise
+            return replace(verdict, cached=True, attempts=0, elapsed=0.0)
+        # The owner makes the call in its own task (no task per judgement: ~25% of the client's CPU on a fast judge);
+        # identical requests meanwhile wait on `shared`.
+        shared: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        try:
+            verdict = await self._judge_uncached(messages)
+        except BaseException:
+            shared.cancel()  # joiners retry on their own (see above)
+            raise
+        finally:
+            del self._inflight[key]
+        if verdict.ok:
+            self._cache.put(key, verdict)
+        shared.set_result(verdict)
+        return verdict
 
     async def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
         """``judge`` over ``(question, ground_truth, prediction)`` triples, concurrently, in order."""
@@ -451,11 +473,6 @@ class JudgeClient:
         for message in messages:
             h.update(f"{message['role']}\0{message['content']}\0".encode("utf-8", "surrogatepass"))
         return h.digest()
-
-    def _settle(self, key: bytes, task: asyncio.Future[Verdict]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled() and task.exception() is None and task.result().ok:
-            self._cache.put(key, task.result())
 
     def _redact(self, text: str) -> str:
         key = self._api_key
