@@ -203,8 +203,9 @@ class _OpenAIHttp:
 
         self.prepare()
         try:
-            data = await self._client.post("/chat/completions", body=body, cast_to=object)
-        except openai.APITimeoutError:
+            async with _deadline(self._config.timeout):  # a backstop over the SDK's own timeout
+                data = await self._client.post("/chat/completions", body=body, cast_to=object)
+        except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
             raise _AttemptError("timeout", "no reply within the timeout") from None
         except openai.APIStatusError as exc:
             raise _status_error(exc.status_code, exc.response.headers) from None
@@ -257,6 +258,7 @@ class _AiohttpHttp:
             )
 
     async def chat(self, body: dict[str, Any]) -> str:
+        """One attempt; the session's ``ClientTimeout(total=timeout)`` bounds it end to end (connect, send, read)."""
         import aiohttp
 
         self.prepare()
@@ -502,8 +504,7 @@ class JudgeClient:
                     if started is None:
                         self._http.prepare()
                         started = clock()
-                    async with _deadline(cfg.timeout):
-                        raw = await self._http.chat(body)
+                    raw = await self._http.chat(body)
                 except (asyncio.TimeoutError, TimeoutError):
                     raise _AttemptError("timeout", "no reply within the timeout") from None
                 finally:
@@ -520,7 +521,8 @@ class JudgeClient:
             if not error.retryable or attempt > cfg.max_retries:
                 break
             delay = self._backoff(attempt, error.retry_after)
-            logger.debug("judge attempt %d failed (%s); retrying in %.3fs", attempt, self._redact(str(error)), delay)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("judge attempt %d failed (%s); retrying in %.3fs", attempt, self._redact(str(error)), delay)
             await asyncio.sleep(delay)  # a backing-off request holds no slot
         self.stats.failures += 1
         message = self._redact(f"{error.kind}: {error.detail} (attempt {attempt} of {cfg.max_retries + 1})")
