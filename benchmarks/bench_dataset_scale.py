@@ -6,8 +6,8 @@
 rows in DeepEyes' verl format (``prompt``, ``images``, ``reward_model``, ``extra_info``, ``env_name``), its images
 stored as the public sets store them: JPEG bytes under a ``datasets`` ``Image`` feature, so ``datasets`` decodes them
 when a row is read. The images have realistic pixel sizes (sides 448-1344, 2x with ``--image-scale``) but flat
-content, so they are ~20 KB each (the public sets' are 50-300 KB) and the file fits this machine (~0.9 GB, as much
-again for ``datasets``' arrow copy and for ``prepare``'s output).
+content, so they are ~20 KB each (the public sets' are 50-300 KB) and the files fit this machine (0.4 GB of parquet,
+~0.9 GB for ``datasets``' arrow copy, 0.4 GB for ``prepare``'s output).
 
 Every build runs in its own process (peak RSS is that process's ``ru_maxrss``), with the tiny checkpoint's real Qwen
 tokenizer and processor, ``data.max_pixels`` 1003520:

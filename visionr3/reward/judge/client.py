@@ -432,8 +432,8 @@ class JudgeClient:
                     continue  # the call's owner was cancelled, not us: make the call ourselves
                 raise
             return replace(verdict, cached=True, attempts=0, elapsed=0.0)
-        # The owner makes the call in its own task (no task per judgement: ~25% of the client's CPU on a fast judge);
-        # identical requests meanwhile wait on `shared`.
+        # The first caller makes the call in the task it runs in, and identical callers meanwhile wait on `shared`: a
+        # task of its own per judgement cost about half of the client's own CPU (bench_judge.py, NOTE.md).
         shared: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._inflight[key] = shared
         try:
