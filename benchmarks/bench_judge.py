@@ -1,6 +1,7 @@
 """Judge throughput and p95 latency under faults: our async JudgeClient against a VisionThink-style thread pool.
 
     .venv/bin/python benchmarks/bench_judge.py [--n 4000] [--concurrency 64] [--latency 0.05] [--fault-rate 0.05]
+        [--repeats 3]
 
 What runs: the loopback OpenAI server (:mod:`visionr3.testing.openai_server`) in a SEPARATE PROCESS — 50 ms per
 reply, 5% of requests faulted (timeouts, 429 with ``Retry-After``, 500, malformed 200s in equal shares), its rule
@@ -8,6 +9,9 @@ judge answering the VisionThink "Score: 0 or 1" prompt — so its CPU does not c
 Against it, side by side on the same N judgements (the server's fault draws are reset before each row, so every row
 meets exactly the same faults):
 
+* the reference under the same faults: a bare aiohttp loop with JudgeClient's retry policy (same concurrency,
+  timeout, retries, backoff, ``Retry-After``, body and parser; nothing else), run ``--repeats`` times interleaved with
+  ``JudgeClient``'s default config, the median run of each reported: their ratio is ``vs_bare_loop``;
 * ``JudgeClient`` with each HTTP path: ``http: aiohttp`` (what the default ``http: auto`` picks for an ``http://``
   judge like this one) and ``http: openai`` (the SDK, what ``auto`` picks for ``https://`` APIs); all N submitted at
   once (``judge_many``), at most ``concurrency`` in flight;
@@ -32,7 +36,8 @@ the others' CPU on both sides (``--jitter 0.2``, the same mean latency, desynchr
 headline keeps the fixed latency); on a shared machine also the load average, printed. Timings are printed, never
 asserted; the last line is machine-readable::
 
-    efficiency=<JudgeClient, default config / ideal> speedup_vs_threadpool=<its throughput / the pool's> lost=<count>
+    efficiency=<JudgeClient, default config / ideal> speedup_vs_threadpool=<its throughput / the pool's>
+    lost=<judgements lost over its runs> vs_bare_loop=<its throughput / the bare retry loop's, same faults>
 """
 
 from __future__ import annotations
@@ -244,6 +249,82 @@ def run_bare_aiohttp(server: ServerProcess, args: argparse.Namespace) -> Row:
     return asyncio.run(main())
 
 
+def run_bare_retry_loop(server: ServerProcess, args: argparse.Namespace) -> Row:
+    """The reference under faults: the least code that keeps JudgeClient's contract, against the same faulty server.
+
+    The same policy as ``JudgeClient``: ``concurrency`` slots (an ``asyncio.Semaphore``), the same per-attempt
+    timeout, ``max_retries``, full-jitter backoff from ``backoff_base`` (``Retry-After`` honoured, capped), sleeping
+    outside the slot, the same request body and verdict parser, so it loses nothing either. What it leaves out is what
+    the client adds on top: the verdict cache and in-flight table, retries admitted first, statistics, error kinds,
+    ``Verdict`` objects, one task per judgement. The ratio of the two (``vs_bare_loop``) is the client's own cost.
+    """
+    import aiohttp
+
+    from visionr3.reward.judge.client import retry_after_seconds
+    from visionr3.reward.judge.config import JudgeConfig
+    from visionr3.reward.judge.prompts import PROMPTS
+
+    prompt = PROMPTS["visionthink"]
+    url = server.base_url + "/chat/completions"
+    defaults = JudgeConfig(base_url=server.base_url, model=MODEL)
+    headers = {"Authorization": "Bearer EMPTY", "Content-Type": "application/json"}
+    rng = random.Random(args.seed)
+
+    async def main() -> Row:
+        connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
+        timeout = aiohttp.ClientTimeout(total=args.timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            slots = asyncio.Semaphore(args.concurrency)
+            done: list[float] = []
+
+            async def one(item: tuple[str, str, str]) -> tuple[float | None, float]:
+                body = json.dumps({
+                    "model": MODEL, "temperature": defaults.temperature, "max_tokens": defaults.max_tokens,
+                    "messages": prompt.messages(*item),
+                })
+                start = None
+                for attempt in range(1, args.max_retries + 2):
+                    retry_after = None
+                    async with slots:
+                        start = time.perf_counter() if start is None else start
+                        try:
+                            async with session.post(url, data=body, headers=headers) as response:
+                                status, payload = response.status, await response.read()
+                                if status == 429 or status >= 500:
+                                    retry_after = retry_after_seconds(response.headers)
+                            if status == 200:
+                                score = prompt.parse(json.loads(payload)["choices"][0]["message"]["content"])
+                                if score is not None:
+                                    done.append(time.perf_counter())
+                                    return score, done[-1] - start
+                            elif status < 500 and status not in (408, 409, 429):
+                                break
+                        except Exception:  # noqa: BLE001 - timeouts, connection errors, malformed bodies: retry
+                            pass
+                    if attempt <= args.max_retries:
+                        cap = min(defaults.backoff_max, defaults.backoff_base * 2 ** (attempt - 1))
+                        delay = retry_after if retry_after is not None else rng.uniform(0.0, cap)
+                        await asyncio.sleep(min(defaults.backoff_max, delay))
+                done.append(time.perf_counter())
+                return None, done[-1] - start
+
+            await asyncio.gather(*(one(item) for item in workload(args.warmup, "warmup-bare-retry")))
+            done.clear()
+            items = workload(args.n, "bench")
+            truth = truth_of(items)
+            with Measure(server) as m:
+                results = await asyncio.gather(*(one(item) for item in items))
+        return Row(
+            name="bare aiohttp loop + retries (reference)", n=len(items), wall=m.wall,
+            latencies=[elapsed for _, elapsed in results], lost=sum(score is None for score, _ in results),
+            wrong=sum(score is not None and score != t for (score, _), t in zip(results, truth)),
+            client_cpu=m.cpu, server_cpu=m.server_cpu, server_requests=m.server_requests,
+            tail=tail_seconds(done, m.t0, m.wall),
+        )
+
+    return asyncio.run(main())
+
+
 def run_threadpool(server: ServerProcess, args: argparse.Namespace) -> Row:
     """VisionThink's shape (sync client, thread pool) with our retry policy and parser, so it loses nothing."""
     import openai
@@ -396,6 +477,7 @@ def main() -> None:
     parser.add_argument("--max-retries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rule-n", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the headline pair (bare loop, JudgeClient)")
     parser.add_argument("--skip-threadpool", action="store_true")
     parser.add_argument("--skip-calibration", action="store_true", help="skip the two fault-free rows")
     args = parser.parse_args()
@@ -418,9 +500,16 @@ def main() -> None:
         from visionr3.reward.judge.config import JudgeConfig, resolve_http
 
         default_http = resolve_http(JudgeConfig(base_url=server.base_url, model=MODEL))
-        progress(f"JudgeClient, default config (http=auto -> {default_http})")
-        ours = run_judge_client(server, args, "auto", f"JudgeClient default (auto->{default_http})")
-        rows.append(ours)
+        # The headline pair, interleaved so that a busy moment of a shared machine hits both alike; the median
+        # run of each is reported (and every run's throughput under the table).
+        bare_runs, our_runs = [], []
+        for repeat in range(1, args.repeats + 1):
+            progress(f"reference: bare aiohttp loop + retries, same faults ({repeat}/{args.repeats})")
+            bare_runs.append(run_bare_retry_loop(server, args))
+            progress(f"JudgeClient, default config (http=auto -> {default_http}) ({repeat}/{args.repeats})")
+            our_runs.append(run_judge_client(server, args, "auto", f"JudgeClient default (auto->{default_http})"))
+        bare, ours = median_run(bare_runs), median_run(our_runs)
+        rows += [bare, ours]
         other = "openai" if default_http == "aiohttp" else "aiohttp"
         progress(f"JudgeClient http={other}")
         rows.append(run_judge_client(server, args, other, f"JudgeClient http={other}"))
@@ -434,10 +523,23 @@ def main() -> None:
     progress("rule grader")
     rule = run_rule_grade(args.rule_n)
     print_report(rows, rule, args)
-
     ideal = args.concurrency / args.latency
+    for name, runs in (("bare loop + retries", bare_runs), ("JudgeClient default", our_runs)):
+        print(f"   {name}, each run: " + ", ".join(f"{run.throughput / ideal:.3f}" for run in runs) + " of ideal")
+    print(f"   JudgeClient default / bare loop under the same faults: {ours.throughput / bare.throughput:.3f} "
+          f"(ceiling {fault_ceiling(args, False):.3f}, bare {bare.throughput / ideal:.3f}, ours "
+          f"{ours.throughput / ideal:.3f} of ideal)")
+
     speedup = ours.throughput / pool.throughput if pool else float("nan")
-    print(f"efficiency={ours.throughput / ideal:.3f} speedup_vs_threadpool={speedup:.2f} lost={ours.lost}")
+    lost = sum(run.lost for run in our_runs)
+    print(
+        f"efficiency={ours.throughput / ideal:.3f} speedup_vs_threadpool={speedup:.2f} lost={lost} "
+        f"vs_bare_loop={ours.throughput / bare.throughput:.3f}"
+    )
+
+
+def median_run(runs: list[Row]) -> Row:
+    return sorted(runs, key=lambda run: run.throughput)[(len(runs) - 1) // 2]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from PIL import Image
 
 from visionr3.processing import (
     fetch_image,
+    fetched_size,
+    image_size,
     open_image,
     prepare_runtime,
     process_vision_info,
@@ -159,6 +161,43 @@ def test_fetch_image_respects_per_image_budget():
     assert fetch_image(image, max_pixels=256 * 28 * 28).size == (616, 308)
     assert fetch_image({"image": image, "max_pixels": 64 * 28 * 28, "min_pixels": None}, max_pixels=10**7).size == (308, 140)
     assert fetch_image({"image": image, "resized_height": 280, "resized_width": 560}).size == (560, 280)
+
+
+def test_image_size_reads_the_header_of_every_form_without_decoding(tmp_path, monkeypatch):
+    image = Image.new("RGB", (64, 48), (10, 200, 30))
+    raw = _png_bytes(image)
+    path = tmp_path / "x.png"
+    path.write_bytes(raw)
+    forms = [
+        raw, str(path), path, f"file://{path}", "data:image/png;base64," + base64.b64encode(raw).decode(),
+        {"bytes": raw, "path": None}, {"bytes": None, "path": str(path)}, {"type": "image_url", "image_url": {"url": str(path)}},
+    ]
+    from PIL import ImageFile
+
+    def refuse(self):
+        raise AssertionError("image_size decoded pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    for form in forms:
+        assert image_size(form) == (64, 48), repr(form)[:60]
+    with pytest.raises(ValueError, match="unsupported image reference"):
+        image_size(3.5)
+
+
+@pytest.mark.parametrize(
+    "options, budget",
+    [
+        ({}, {"max_pixels": 256 * 28 * 28}),
+        ({"max_pixels": 64 * 28 * 28, "min_pixels": None}, {"max_pixels": 10**7}),
+        ({"resized_height": 280, "resized_width": 560}, {}),
+        ({}, {"min_pixels": 2000 * 2000}),
+    ],
+)
+def test_fetched_size_is_the_size_fetch_image_returns(options, budget):
+    image = Image.new("RGB", (2000, 1000))
+    for patch_size in (14, 16):
+        expected = fetch_image({"image": image, **options}, patch_size=patch_size, **budget).size
+        assert fetched_size(image.size, options, patch_size=patch_size, **budget) == expected
 
 
 def test_process_vision_info_orders_images_and_refuses_video():

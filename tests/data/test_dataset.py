@@ -65,3 +65,128 @@ def test_stock_dataset_silently_drops_image_rows_on_cpu(parquet_file, tiny_model
     model_dir = tiny_model_dirs["qwen2_5_vl"]
     dataset = RLHFDataset(str(parquet_file), load_tokenizer(model_dir), _config(), load_processor(model_dir))
     assert len(dataset) == 0
+
+
+# -- building at scale: tokens counted from headers, images never decoded, lengths cached, bad rows named ----------
+
+
+def _hf_image_parquet(path, rows):
+    """Rows written as the public sets are (``datasets`` ``Image`` features, which decode when a row is read)."""
+    import datasets
+
+    features = datasets.Features({
+        "data_source": datasets.Value("string"),
+        "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "images": datasets.List(datasets.Image()),
+        "reward_model": {"style": datasets.Value("string"), "ground_truth": datasets.Value("string")},
+    })
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return path
+
+
+def _row(text, images, answer="red"):
+    return {
+        "data_source": "synthetic",
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
+        "images": images,
+        "reward_model": {"style": "rule", "ground_truth": answer},
+    }
+
+
+def _image(size, **options):
+    return {"bytes": _png(size, "red"), "path": None, **options}
+
+
+def _verl_length(dataset, example):
+    """verl 0.9.1's own count (RLHFDataset.maybe_filter_out_long_prompts' doc2len, multimodal branch): pixels
+    decoded, resized and run through the processor."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    messages = RLHFDataset._build_messages(dataset, example, key="prompt")
+    raw = dataset.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    images, videos, audios = dataset._process_multi_modal_info(messages, dataset.image_patch_size, dataset.config)
+    if images is None:
+        return len(dataset.processor.tokenizer(text=raw, add_special_tokens=False)["input_ids"])
+    inputs = build_multimodal_processor_inputs(
+        dataset.processor, text=[raw], images=images, videos=videos, audio=audios,
+        mm_processor_kwargs=dataset.mm_processor_kwargs,
+    )
+    return len(inputs["input_ids"][0])
+
+
+@pytest.mark.parametrize(
+    "mm_processor_kwargs",
+    [{}, {"max_pixels": 128 * 32 * 32}],
+    ids=["default", "max_pixels"],  # transformers 5's processors ignore max_pixels: so must the count
+)
+def test_prompt_lengths_are_verls_count_token_for_token(tmp_path, model_dir, processor, mm_processor_kwargs):
+    from visionr3.processing import load_tokenizer
+
+    rows = [
+        _row("<image>What colour?", [_image((900, 700))]),
+        _row("<image>Small one.", [_image((90, 30))]),
+        _row("Left <image> and right <image>: which is taller?", [_image((300, 500)), _image((700, 200))]),
+        _row("<image>Own budget.", [_image((2000, 1000), max_pixels=64 * 32 * 32)]),
+        _row("<image>VisionThink's 2 x target size.", [_image((900, 900), resized_width=560, resized_height=280)]),
+        _row("No image at all, a longer question " * 5, []),
+    ]
+    path = _hf_image_parquet(tmp_path / "train.parquet", rows)
+    config = _config(max_pixels=256 * 28 * 28, mm_processor_kwargs=mm_processor_kwargs)
+    dataset = VisionRLDataset(str(path), load_tokenizer(model_dir), config, processor)
+    assert len(dataset) == len(rows)
+    ours = dataset.prompt_lengths(dataset.dataframe)
+    raw = dataset.dataframe.with_format("arrow")
+    expected = [_verl_length(dataset, {"prompt": raw[i]["prompt"].to_pylist()[0], "images": raw[i]["images"].to_pylist()[0]}) for i in range(len(rows))]
+    assert list(ours) == expected
+
+
+@pytest.fixture(scope="module")
+def qwen25(tiny_model_dirs):
+    """(tokenizer, processor) of the tiny Qwen2.5-VL: the tests below do not depend on the architecture."""
+    from visionr3.processing import load_processor, load_tokenizer
+
+    return load_tokenizer(tiny_model_dirs["qwen2_5_vl"]), load_processor(tiny_model_dirs["qwen2_5_vl"])
+
+
+def test_building_decodes_no_image_and_rows_keep_their_bytes(tmp_path, qwen25, monkeypatch):
+    from PIL import ImageFile
+
+    tokenizer, processor = qwen25
+    path = _hf_image_parquet(tmp_path / "train.parquet", [_row("<image>Colour?", [_image((800, 600))])] * 3)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    dataset = VisionRLDataset(str(path), tokenizer, _config(), processor)
+    assert len(dataset) == 3 and decoded == []
+    item = dataset[0]["raw_prompt"][-1]["content"][0]
+    assert item["type"] == "image" and item["bytes"][:4] == b"\x89PNG", "the row carries the stored bytes"
+    assert decoded == [], "reading a row opens its image lazily"
+
+
+def test_second_build_reads_the_lengths_cache(tmp_path, qwen25, monkeypatch):
+    tokenizer, processor = qwen25
+    path = _hf_image_parquet(tmp_path / "train.parquet", [_row("<image>Colour?", [_image((800, 600))])] * 4)
+    first = VisionRLDataset(str(path), tokenizer, _config(), processor)
+    counted = []
+    real = VisionRLDataset.prompt_lengths
+    monkeypatch.setattr(VisionRLDataset, "prompt_lengths", lambda self, df, **kw: counted.append(1) or real(self, df, **kw))
+    second = VisionRLDataset(str(path), tokenizer, _config(max_prompt_length=64), processor)  # same counts, new cut
+    assert counted == [] and len(first) == 4 and len(second) == 0
+    VisionRLDataset(str(path), tokenizer, _config(max_pixels=32 * 32 * 32), processor)  # a new budget: recount
+    assert counted == [1]
+
+
+def test_a_bad_row_names_file_row_and_field(tmp_path, qwen25):
+    tokenizer, processor = qwen25
+    rows = [_row("<image>Fine.", [_image((64, 64))]), _row("<image>Broken.", [{"bytes": b"not an image", "path": None}])]
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    with pytest.raises(ValueError, match=rf"{path} row 1: field 'images\[0\]': UnidentifiedImageError"):
+        VisionRLDataset(str(path), tokenizer, _config(), processor)
+    rows[1] = _row("<image> and <image>", [_image((64, 64))])
+    pd.DataFrame(rows).to_parquet(path)
+    with pytest.raises(ValueError, match=rf"{path} row 1: field 'prompt': AssertionError"):
+        VisionRLDataset(str(path), tokenizer, _config(), processor)
+    with pytest.raises(ValueError, match="data.mm_processor_kwargs"):  # verl's filter would drop every row
+        VisionRLDataset(str(path), tokenizer, _config(mm_processor_kwargs={"size": {"longest_edge": 3136}}), processor)

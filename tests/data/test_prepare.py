@@ -1,7 +1,8 @@
 """``visionr3 prepare``: every public format, written small in its own layout with real images, through the real CLI.
 
 The output is read back with pyarrow and, for representative formats, with verl's own dataset class (our
-``VisionRLDataset``, prompt-length filter included: it silently drops rows it cannot process). A VisionThink Smart
+``VisionRLDataset``, prompt-length filter included: verl's own filter silently drops rows it cannot process, ours
+stops naming the row). A VisionThink Smart
 row goes on through verl's ``AgentLoopWorker``: the policy's first view is the target size and the resize tool
 renders the original at twice that. Bad records of each kind stop the command with file, row, id and field, or are
 skipped, counted and listed.
@@ -702,8 +703,7 @@ def verl_dataset(path, model_dir, **config):
     return VisionRLDataset(str(path), load_tokenizer(model_dir), config, load_processor(model_dir))
 
 
-# Each verl dataset costs ~8 s (datasets fingerprints verl's filter closure, tokenizer included), so two formats cover
-# the storage paths: image paths (--keep-paths, where a "bytes" key would break verl) and bytes with a text-only row.
+# Two formats cover the storage paths: image paths (--keep-paths, where a "bytes" key would break verl) and bytes with a text-only row.
 @pytest.mark.parametrize("format_name, extra", [("vstar", ["--keep-paths"]), ("deepeyes", [])])
 def test_verl_dataset_keeps_every_row(tmp_path, tiny_model_dirs, format_name, extra):
     code, _, out = prepare(tmp_path, format_name, *extra)

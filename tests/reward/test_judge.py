@@ -359,6 +359,23 @@ async def test_identical_concurrent_requests_share_one_call():
     assert sum(not v.cached for v in verdicts) == 1 and client.stats.inflight_joins == 9
 
 
+async def test_a_cancelled_caller_leaves_identical_callers_their_verdict():
+    """The first caller makes the call in its own task; cancelling it must not cancel the callers that joined it
+    (they make the call themselves), and cancelling a joiner must not cancel the call."""
+    with OpenAIStubServer(latency=0.1) as server:
+        client = JudgeClient(make_config(server))
+        owner = asyncio.create_task(client.judge("Q", "red", "red"))
+        await asyncio.sleep(0.02)  # the owner's request is in flight
+        joiners = [asyncio.create_task(client.judge("Q", "red", "red")) for _ in range(3)]
+        await asyncio.sleep(0.02)
+        owner.cancel()
+        joiners[0].cancel()
+        verdicts = await asyncio.gather(*joiners[1:])
+        await client.aclose()
+    assert owner.cancelled() and joiners[0].cancelled()
+    assert all(v.score == 1.0 for v in verdicts) and sum(not v.cached for v in verdicts) == 1
+
+
 async def test_the_cache_is_lru_bounded():
     with OpenAIStubServer() as server:
         client = JudgeClient(make_config(server, cache_size=2))

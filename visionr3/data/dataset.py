@@ -8,19 +8,37 @@ cannot be imported without torchvision — out of the whole rollout path, on CPU
 Pixel budget of the *prompt* image: ``data.min_pixels`` / ``data.max_pixels`` (VisionThink's names), or per-image
 ``min_pixels``/``max_pixels`` in the row's ``images`` dicts; unset means qwen-vl-utils' defaults (4..16384 tokens).
 Set them to the processor's own budget so the image the policy sees is exactly the one our tools map boxes from.
+
+**Building at scale** (47K rows, DeepEyes' and Vision-SR1's size; ``benchmarks/bench_dataset_scale.py``). verl's
+prompt-length filter reads every row through ``datasets`` — which decodes each image of a public parquet (its
+``Image`` feature) a thousand rows at a time — then renders, resizes and runs the image processor on it, only to count
+tokens; ``datasets`` fingerprints the filter by pickling the tokenizer and processor. :meth:`VisionRLDataset.
+maybe_filter_out_long_prompts` counts the same tokens from the chat template and each image's *header* (an image's
+token count depends only on its size), keeps images undecoded in the dataframe (they are decoded where the model
+needs pixels, in the agent loop), caches the lengths beside ``datasets``' own cache files, and names the file, row and
+field of a row it cannot read instead of dropping it with a traceback.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from visionr3.processing import process_vision_info
+from visionr3.processing import fetched_size, image_size, process_vision_info, seen_size
+
+PROMPT_LENGTHS_VERSION = 1
+"""Bump when :meth:`VisionRLDataset.prompt_lengths` counts differently: cached lengths of another version are ignored."""
 
 
 class _RowView:
@@ -62,6 +80,272 @@ class VisionRLDataset(RLHFDataset):
         """verl's legacy async hook, kept consistent with :meth:`_process_multi_modal_info`."""
         images, videos, _ = await cls.process_multi_modal_info(messages, image_patch_size, config)
         return images, videos
+
+    # -- building: the prompt-length filter without decoding an image ---------------------------------------------
+
+    def maybe_filter_out_long_prompts(self, dataframe=None):
+        """verl's filter (rows over ``data.max_prompt_length`` tokens are dropped), counted without decoding images.
+
+        The count is verl's, token for token (a test compares them): the processor's chat template rendered with the
+        same tools and kwargs, tokenized, each image token expanded to ``(h / factor) × (w / factor)`` tokens at the
+        size the agent loop will resize the image to (:func:`~visionr3.processing.fetched_size`, then the
+        processor's own budget). Falls back to verl's filter for text-only datasets, video/audio columns and
+        processors that do not expand one image token per merged patch (anything but the Qwen-VL family).
+        """
+        dataframe = lazy_images(dataframe, self.image_key)
+        if not self.filter_overlong_prompts:
+            return dataframe
+        if not self._counts_without_pixels(dataframe):
+            return super().maybe_filter_out_long_prompts(dataframe)
+        cache = self._lengths_cache_path(dataframe)
+        lengths = _read_lengths(cache, len(dataframe))
+        if lengths is None:
+            mismatch = self._probe_mismatch()
+            if mismatch:
+                print(f"visionr3: counting image tokens from sizes disagrees with the processor ({mismatch}); "
+                      "using verl's filter, which decodes every image")
+                return super().maybe_filter_out_long_prompts(dataframe)
+            lengths = self.prompt_lengths(dataframe)
+            _write_lengths(cache, lengths)
+        keep = np.flatnonzero(lengths <= self.max_prompt_length)
+        if len(keep) < len(dataframe):
+            dataframe = dataframe.select(keep)
+        print(f"filter dataset len: {len(dataframe)}")
+        return dataframe
+
+    def _counts_without_pixels(self, dataframe) -> bool:
+        processor = self.processor
+        image_processor = getattr(processor, "image_processor", None)
+        return (
+            processor is not None
+            and getattr(processor, "image_token", None) is not None
+            and hasattr(image_processor, "patch_size")
+            and hasattr(image_processor, "merge_size")
+            and not {self.video_key, self.audio_key} & set(dataframe.column_names)
+        )
+
+    def prompt_lengths(self, dataframe, batch_size: int = 1024) -> np.ndarray:
+        """Prompt tokens of every row of ``dataframe`` as verl's filter counts them; no image is decoded.
+
+        Raises ValueError naming the data file, the row and the field of a row that cannot be read (verl's filter
+        would print a traceback and drop it, shrinking the training set without a word).
+        """
+        from tqdm import tqdm
+
+        processor, tokenizer = self.processor, self.processor.tokenizer
+        apply_kwargs = dict(self.apply_chat_template_kwargs)
+        if self.tool_schemas is not None:
+            apply_kwargs["tools"] = self.tool_schemas
+        image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+        columns = [c for c in (self.prompt_key, self.image_key) if c in dataframe.column_names]
+        lengths = np.empty(len(dataframe), dtype=np.int64)
+        tokens_at: dict[tuple[int, int], int] = {}  # image tokens by resized size: sizes repeat, seen_size is slow
+        bar = tqdm(total=len(dataframe), desc="Counting prompt tokens (images undecoded)", unit="row")
+        start = 0
+        for table in dataframe.with_format("arrow").select_columns(columns).iter(batch_size=batch_size):
+            prompts = table.column(self.prompt_key).to_pylist()
+            images = table.column(self.image_key).to_pylist() if self.image_key in columns else [None] * len(prompts)
+            texts, image_tokens = [], []
+            for offset, (prompt, row_images) in enumerate(zip(prompts, images)):
+                row = start + offset
+                row_images = row_images or []
+                # The template reads only each image item's type: stand-ins spare verl's _build_messages an open().
+                example = {self.prompt_key: prompt, self.image_key: [f"image {k}" for k in range(len(row_images))]}
+                try:
+                    messages = self._build_messages(example, key=self.prompt_key)
+                    texts.append(
+                        processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **apply_kwargs)
+                    )
+                except Exception as exc:  # noqa: BLE001 - whatever verl or the template raise, name the row
+                    raise self._row_error(row, self.prompt_key, exc) from exc
+                count = 0
+                for k, image in enumerate(row_images):
+                    try:
+                        size = self._fetched(_stored_image_size(image), image if isinstance(image, Mapping) else None)
+                        if size not in tokens_at:
+                            tokens_at[size] = self._tokens_at(size)
+                        count += tokens_at[size]
+                    except Exception as exc:  # noqa: BLE001
+                        raise self._row_error(row, f"{self.image_key}[{k}]", exc) from exc
+                image_tokens.append((count, len(row_images)))
+            ids = tokenizer(texts, return_attention_mask=False)["input_ids"]
+            for offset, (row_ids, (count, n_images)) in enumerate(zip(ids, image_tokens)):
+                placeholders = row_ids.count(image_token_id)
+                if placeholders != n_images:
+                    message = f"the prompt renders {placeholders} {processor.image_token} for {n_images} image(s)"
+                    raise self._row_error(start + offset, self.prompt_key, ValueError(message))
+                lengths[start + offset] = len(row_ids) - placeholders + count
+            start += len(prompts)
+            bar.update(len(prompts))
+        bar.close()
+        return lengths
+
+    def _probe_mismatch(self) -> str | None:
+        """Whether :meth:`_tokens_at` disagrees with the processor itself on blank probe images (one above the
+        budget, one inside, one below), so a transformers release that reads its kwargs differently falls back to
+        verl's count rather than miscounting. ``None`` when they agree, else what differed."""
+        from PIL import Image
+        from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+        image_token_id = self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        for original in ((2400, 1800), (500, 375), (60, 40)):
+            size = self._fetched(original, None)
+            try:
+                inputs = build_multimodal_processor_inputs(
+                    self.processor, text=[self.processor.image_token], images=[Image.new("RGB", size)],
+                    mm_processor_kwargs=self.mm_processor_kwargs,
+                )
+            except Exception as exc:  # verl's filter would drop every image row, one traceback each
+                raise ValueError(
+                    f"the processor refuses data.mm_processor_kwargs={self.mm_processor_kwargs}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            theirs = int((inputs["input_ids"][0] == image_token_id).sum())
+            if theirs != self._tokens_at(size):
+                return f"{theirs} tokens for a {size[0]}x{size[1]} image, counted {self._tokens_at(size)}"
+        return None
+
+    def _fetched(self, size: tuple[int, int], options: Mapping[str, Any] | None) -> tuple[int, int]:
+        """The size the agent loop resizes an image of ``size`` to (``data.min_pixels``/``max_pixels``)."""
+        if not hasattr(self, "_budget"):  # read once: an OmegaConf lookup costs as much as the arithmetic
+            self._budget = (_config_get(self.config, "min_pixels"), _config_get(self.config, "max_pixels"))
+        min_pixels, max_pixels = self._budget
+        return fetched_size(
+            size, options, patch_size=self.image_patch_size, min_pixels=min_pixels, max_pixels=max_pixels
+        )
+
+    def _tokens_at(self, size: tuple[int, int]) -> int:
+        """Image tokens the processor makes of an image of ``size`` (after the agent loop's resize)."""
+        # transformers 5's Qwen-VL processors take their budget from `size` and ignore `min_pixels`/`max_pixels`
+        # kwargs (the probe above checks this against the installed processor).
+        budget = dict((self.mm_processor_kwargs or {}).get("size") or {})
+        overrides = {"min_pixels": budget.get("shortest_edge"), "max_pixels": budget.get("longest_edge")}
+        width, height = seen_size(self.processor, size, {k: v for k, v in overrides.items() if v is not None})
+        image_processor = self.processor.image_processor
+        factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+        return (width // factor) * (height // factor)
+
+    def _row_error(self, row: int, field: str, exc: BaseException) -> ValueError:
+        return ValueError(f"{self._row_location(row)}: field '{field}': {type(exc).__name__}: {exc}")
+
+    def _row_location(self, row: int) -> str:
+        """``<file> row <n>`` (0-based within that file) of a row of the concatenated dataframe."""
+        files = [str(f) for f in self.data_files]
+        if self.max_samples > 0:
+            return f"row {row} of the {self.max_samples} rows selected (data.max_samples) from {', '.join(files)}"
+        import datasets
+
+        for path in files:
+            kind = "parquet" if path.endswith(".parquet") else "json"
+            count = len(datasets.load_dataset(kind, data_files=path)["train"])  # served from datasets' cache
+            if row < count:
+                return f"{path} row {row}"
+            row -= count
+        return f"row {row} of {', '.join(files)}"
+
+    def _lengths_cache_path(self, dataframe) -> str | None:
+        """Where this dataframe's prompt lengths are cached: beside its ``datasets`` cache files, under a key of
+        everything that changes a count (the data's fingerprint, template, tools, tokenizer, image budgets), so a
+        second build reads them instead of counting again. ``None`` for an in-memory dataframe."""
+        files = [f["filename"] for f in dataframe.cache_files]
+        if not files:
+            return None
+        return os.path.join(os.path.dirname(files[0]), f"visionr3-prompt-lengths-{self._lengths_key(dataframe)}.npy")
+
+    def _lengths_key(self, dataframe) -> str:
+        from omegaconf import OmegaConf
+
+        def plain(value: Any) -> Any:
+            return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+        processor = self.processor
+        backend = getattr(processor.tokenizer, "backend_tokenizer", None)
+        vocabulary = backend.to_str() if backend is not None else json.dumps(processor.tokenizer.get_vocab(), sort_keys=True)
+        parts = {
+            "version": PROMPT_LENGTHS_VERSION,
+            "data": dataframe._fingerprint,  # datasets' own identity of these rows (files, selection, casts)
+            "keys": [self.prompt_key, self.image_key],
+            "image_patch_size": self.image_patch_size,
+            "budget": [_config_get(self.config, "min_pixels"), _config_get(self.config, "max_pixels")],
+            "mm_processor_kwargs": plain(self.mm_processor_kwargs),
+            "apply_chat_template_kwargs": plain(self.apply_chat_template_kwargs),
+            "tools": self.tool_schemas,
+            "processor": [type(processor).__qualname__, processor.chat_template, processor.image_token],
+            "image_processor": processor.image_processor.to_json_string(),
+            "tokenizer": hashlib.sha256(vocabulary.encode()).hexdigest(),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _stored_image_size(image: Any) -> tuple[int, int]:
+    """Original ``(width, height)`` of one entry of a row's images (an image dict, a path or a PIL image)."""
+    if not isinstance(image, (Mapping, str, os.PathLike)) and not hasattr(image, "size"):
+        raise TypeError(f"image must be dict, PIL.Image, or path-like, unsupported image type: {type(image)}")
+    return image_size(image)
+
+
+def _read_lengths(path: str | None, rows: int) -> np.ndarray | None:
+    """Cached lengths, if ``path`` holds an array of one length per row."""
+    if path is None:
+        return None
+    try:
+        lengths = np.load(path)
+    except (OSError, ValueError):
+        return None
+    if lengths.shape != (rows,):
+        return None
+    print(f"prompt lengths read from the cache: {path}")
+    return lengths
+
+
+def _write_lengths(path: str | None, lengths: np.ndarray) -> None:
+    """Write atomically (a temporary file renamed), so a reader never sees half an array."""
+    if path is None:
+        return
+    try:
+        fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".visionr3-", suffix=".npy")
+        with os.fdopen(fd, "wb") as out:
+            np.save(out, lengths)
+        os.replace(partial, path)
+    except OSError as exc:  # a read-only cache costs the next build a recount, nothing else
+        print(f"prompt lengths not cached ({exc})")
+
+
+def lazy_images(dataframe, column: str):
+    """``dataframe`` with the ``datasets.Image`` features of ``column`` set to ``decode=False``: rows then hold the
+    stored ``{"bytes", "path"}`` dicts, which verl's ``_build_messages`` opens lazily, instead of decoded pixels.
+
+    Public parquet sets saved by ``datasets`` (DeepEyes', Vision-SR1's) declare their images as ``Image`` features,
+    and reading one row of them decodes every image of the row (a thousand rows at a time in ``filter``). This is
+    ``Dataset.cast_column``'s own path for a top-level ``Image`` column (a new schema over the same memory-mapped
+    data); for a list of images ``cast_column`` rewrites the whole file instead, hence the few lines here.
+    """
+    from datasets.arrow_dataset import update_metadata_with_features
+    from datasets.features import Image
+    from datasets.fingerprint import Hasher
+
+    feature = dataframe.features.get(column)
+    lazy = copy.deepcopy(feature)
+    stack, found = [lazy], False
+    while stack:  # Image inside List/LargeList/Sequence/dicts
+        node = stack.pop()
+        if isinstance(node, Image):
+            found |= node.decode
+            node.decode = False
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif hasattr(node, "feature"):
+            stack.append(node.feature)
+    if not found:
+        return dataframe
+    dataset = copy.deepcopy(dataframe)
+    dataset._info.features[column] = lazy
+    dataset._fingerprint = Hasher.hash((dataframe._fingerprint, "visionr3.lazy_images", column))
+    dataset._data = dataset._data.cast(dataset.features.arrow_schema)
+    dataset._data = update_metadata_with_features(dataset._data, dataset.features)
+    return dataset
 
 
 def build_gen_batch(

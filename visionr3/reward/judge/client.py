@@ -203,8 +203,9 @@ class _OpenAIHttp:
 
         self.prepare()
         try:
-            data = await self._client.post("/chat/completions", body=body, cast_to=object)
-        except openai.APITimeoutError:
+            async with _deadline(self._config.timeout):  # a backstop over the SDK's own timeout
+                data = await self._client.post("/chat/completions", body=body, cast_to=object)
+        except (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError):
             raise _AttemptError("timeout", "no reply within the timeout") from None
         except openai.APIStatusError as exc:
             raise _status_error(exc.status_code, exc.response.headers) from None
@@ -257,6 +258,7 @@ class _AiohttpHttp:
             )
 
     async def chat(self, body: dict[str, Any]) -> str:
+        """One attempt; the session's ``ClientTimeout(total=timeout)`` bounds it end to end (connect, send, read)."""
         import aiohttp
 
         self.prepare()
@@ -357,6 +359,12 @@ class _LRU:
         return len(self._data)
 
 
+def _cancelling() -> bool:
+    """Whether the current task has a cancellation pending (always False before Python 3.11, which cannot tell)."""
+    task = asyncio.current_task()
+    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
+
+
 if sys.version_info >= (3, 11):
     _deadline = asyncio.timeout
 else:  # pragma: no cover - Python 3.10
@@ -414,15 +422,31 @@ class JudgeClient:
         if hit is not None:
             self.stats.cache_hits += 1
             return replace(hit, cached=True, attempts=0, elapsed=0.0)
-        task = self._inflight.get(key)
-        if task is not None:
+        while (pending := self._inflight.get(key)) is not None:
             self.stats.inflight_joins += 1
-            return replace(await asyncio.shield(task), cached=True, attempts=0, elapsed=0.0)
-        task = asyncio.ensure_future(self._judge_uncached(messages))
-        self._inflight[key] = task
-        task.add_done_callback(lambda done: self._settle(key, done))
-        # shield: a cancelled caller must not cancel the call that identical callers are waiting for
-        return await asyncio.shield(task)
+            try:
+                # shield: a cancelled joiner must not cancel the call that its owner and other joiners wait for
+                verdict = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if pending.cancelled() and not _cancelling():
+                    continue  # the call's owner was cancelled, not us: make the call ourselves
+                raise
+            return replace(verdict, cached=True, attempts=0, elapsed=0.0)
+        # The first caller makes the call in the task it runs in, and identical callers meanwhile wait on `shared`: a
+        # task of its own per judgement cost about half of the client's own CPU (bench_judge.py, NOTE.md).
+        shared: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        try:
+            verdict = await self._judge_uncached(messages)
+        except BaseException:
+            shared.cancel()  # joiners retry on their own (see above)
+            raise
+        finally:
+            del self._inflight[key]
+        if verdict.ok:
+            self._cache.put(key, verdict)
+        shared.set_result(verdict)
+        return verdict
 
     async def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
         """``judge`` over ``(question, ground_truth, prediction)`` triples, concurrently, in order."""
@@ -452,11 +476,6 @@ class JudgeClient:
             h.update(f"{message['role']}\0{message['content']}\0".encode("utf-8", "surrogatepass"))
         return h.digest()
 
-    def _settle(self, key: bytes, task: asyncio.Future[Verdict]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled() and task.exception() is None and task.result().ok:
-            self._cache.put(key, task.result())
-
     def _redact(self, text: str) -> str:
         key = self._api_key
         return text.replace(key, "***") if key and key != PLACEHOLDER_API_KEY else text
@@ -485,8 +504,7 @@ class JudgeClient:
                     if started is None:
                         self._http.prepare()
                         started = clock()
-                    async with _deadline(cfg.timeout):
-                        raw = await self._http.chat(body)
+                    raw = await self._http.chat(body)
                 except (asyncio.TimeoutError, TimeoutError):
                     raise _AttemptError("timeout", "no reply within the timeout") from None
                 finally:
@@ -503,7 +521,8 @@ class JudgeClient:
             if not error.retryable or attempt > cfg.max_retries:
                 break
             delay = self._backoff(attempt, error.retry_after)
-            logger.debug("judge attempt %d failed (%s); retrying in %.3fs", attempt, self._redact(str(error)), delay)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("judge attempt %d failed (%s); retrying in %.3fs", attempt, self._redact(str(error)), delay)
             await asyncio.sleep(delay)  # a backing-off request holds no slot
         self.stats.failures += 1
         message = self._redact(f"{error.kind}: {error.detail} (attempt {attempt} of {cfg.max_retries + 1})")
