@@ -84,7 +84,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Hydra command line: visionr3 train [--recipe NAME] [--config-name NAME] [key=value ...] "
         "[--cfg job]. Without --recipe the config is configs/visionr3_trainer.yaml (--config-name picks another "
         "under configs/, e.g. cpu_demo); with it, recipes/NAME/config.yaml (--config-name cpu: its CPU variant). "
-        "--cfg job prints the composed config and trains nothing.",
+        "--cfg job prints the composed config and trains nothing. Resuming after a kill: rerun the same command; "
+        "trainer.resume_mode=auto (verl's default) continues from the newest complete checkpoint under "
+        "trainer.default_local_dir (global step, dataloader position, optimizer state, the rollout engine's weights); "
+        "trainer.resume_mode=resume_path trainer.resume_from_path=<dir>/global_step_N picks one; "
+        "trainer.resume_mode=disable starts over.",
     )
     train.add_argument("--recipe", choices=RECIPES, help="a paper's recipe folder under recipes/")
     train.add_argument("hydra_args", nargs=argparse.REMAINDER,

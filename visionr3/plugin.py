@@ -91,6 +91,8 @@ def load() -> None:
 
     after_import("verl.utils.tensordict_utils", verl_fixes.install)
     after_import("verl.models.transformers.qwen2_vl", verl_fixes.install_text_only_fix)
+    after_import("verl.workers.engine_workers", verl_fixes.install_freeze_vision_tower)
+    after_import("verl.workers.engine.fsdp.transformer_impl", verl_fixes.install_freeze_vision_tower)
 
 
 load()

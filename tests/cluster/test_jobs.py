@@ -234,11 +234,19 @@ def test_stop_ends_a_running_job(ray_head):
     assert str(ray_head.client().get_job_status(job)) == "STOPPED"
 
 
-def test_clear_errors_for_missing_auth_and_unknown_jobs(ray_head):
+def test_clear_errors_for_missing_or_wrong_auth_and_unknown_jobs(ray_head):
     no_token = {**ray_head.client_env, "RAY_AUTH_MODE": "disabled"}
     refused = ray_head.cli("job", "list", "--address", ray_head.url, env=no_token)
     assert refused.returncode == 2
     assert "wants a token" in refused.stderr and ray_head.token not in refused.stderr
+
+    wrong_path = ray_head.temp_dir / "wrong_token"
+    wrong_path.write_text("0" * 64)
+    wrong = ray_head.cli("job", "list", "--address", ray_head.url,
+                         env={**ray_head.client_env, "RAY_AUTH_TOKEN_PATH": str(wrong_path)})
+    assert wrong.returncode == 2, wrong.stderr
+    assert "refused the token from RAY_AUTH_TOKEN_PATH" in wrong.stderr and str(wrong_path) in wrong.stderr
+    assert "0" * 64 not in wrong.stderr + wrong.stdout and ray_head.token not in wrong.stderr + wrong.stdout
 
     unknown = ray_head.cli("job", "status", "no-such-job", "--address", ray_head.url)
     assert unknown.returncode == 2 and "no-such-job" in unknown.stderr and "does not exist" in unknown.stderr

@@ -39,9 +39,10 @@ from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
 
 PARALLEL = 2
-SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2, "judge:vllm": 2}
+SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2, "judge:vllm": 2, "two_nodes": 2}
 """Runs that need both slots: a vLLM server (4-6 GB) beside its trainer (~5 GB) runs alone, never beside the HF pair
-(docs/vllm-on-cpu.md). A unit test that starts vLLM takes one slot for its duration (:meth:`Pool.hold`, through
+(docs/vllm-on-cpu.md); so does the two-node drill (two trainer workers, two rollout servers and a second raylet). A
+unit test that starts vLLM takes one slot for its duration (:meth:`Pool.hold`, through
 tests/conftest.py's ``pool_slot``): beside the HF pair, `vllm serve` took the machine to 21.9 GB of 24."""
 VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
 RESPONSE_LENGTH = {"zoom": 384, "visionthink": 160, "vlm_r3": 320, "vision_sr1": 128}
@@ -171,6 +172,9 @@ def recipe_command(recipe: str, directory: Path, judge_url: str, policy: Path) -
     ]
     if recipe != "vision_sr1":
         command.append(f"visionr3.reward.judge.base_url={judge_url}")
+    if recipe == "vlm_r3":  # its step is saved: the test compares the frozen vision tower with the policy's
+        command.append("trainer.save_freq=1")
+    (directory / "policy.txt").write_text(str(policy))
     # verl's rollout dump with visionr3's columns (what `visionr3 view` reads; the tests read what the batch held)
     command.append(f"trainer.rollout_data_dir={directory / 'rollouts'}")
     return command
@@ -335,6 +339,37 @@ class Pool:
             policy = self.warmups.demo()  # the demo's policy (its warm-up is built for the demo anyway)
             return gradient_sign_command(directory, policy), directory
 
+        def resume() -> tuple[list[str], Path]:
+            """The kill-and-resume drill (tests/e2e/test_resume.py): three trainer runs one after another, one slot."""
+            directory = root / "resume"
+            policy = self.warmups.demo()
+            return [sys.executable, "-m", "visionr3.testing.resume_drill", "--out", str(directory),
+                    "--policy", str(policy)], directory
+
+        def qwen3_vl() -> tuple[list[str], Path]:
+            """One GRPO step of the tiny Qwen3-VL with the normalised-coordinate crop tool (tests/e2e/test_qwen3_vl.py):
+            the untrained model, so whatever it writes (mostly malformed calls) goes through verl's trainer."""
+            directory = root / "qwen3_vl"
+            directory.mkdir(parents=True, exist_ok=True)
+            rows = write_parquet(directory / "rows.parquet", 2, seed=3)
+            tools = "${visionr3.config:tools/crop_zoom_qwen3.yaml}"
+            return [
+                VISIONR3, "train", "--config-name", "cpu_demo",
+                f"actor_rollout_ref.model.path={tiny_model_dir('qwen3_vl')}",
+                f"data.train_files={rows}", f"data.val_files={rows}",
+                f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tools}",
+                "data.max_response_length=192", "actor_rollout_ref.rollout.n=2",
+                "trainer.total_training_steps=1", "trainer.save_freq=-1",
+                "trainer.logger=[console,file]", f"trainer.rollout_data_dir={directory / 'rollouts'}",
+            ], directory
+
+        def two_nodes() -> tuple[list[str], Path]:
+            """The two-node drill (tests/e2e/test_two_nodes.py): a two-node Ray cluster and its trainers, alone."""
+            directory = root / "two_nodes"
+            policy = self.warmups.demo()
+            return [sys.executable, "-m", "visionr3.testing.two_nodes_drill", "--out", str(directory),
+                    "--policy", str(policy)], directory
+
         def recipe(name: str) -> Callable[[], tuple[list[str], Path]]:
             def prepare() -> tuple[list[str], Path]:
                 directory = root / name
@@ -347,7 +382,8 @@ class Pool:
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
         jobs = [("demo", demo), ("gradient_sign", gradient_sign), *((f"recipe:{name}", recipe(name)) for name in order),
-                ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
+                ("qwen3_vl", qwen3_vl), ("resume", resume), ("two_nodes", two_nodes), ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm),
+                ("visionthink:vllm", visionthink_vllm)]
         jobs = [job for job in jobs if job[0] not in self.skip]
         only = os.environ.get("VISIONR3_E2E_ONLY")  # a developer's shortcut (docs/development.md); CI runs them all
         return [job for job in jobs if job[0] in only.split(",")] if only else jobs
@@ -370,8 +406,8 @@ class Pool:
             threading.Thread(target=self._prepare_all, args=(jobs, ready), name="e2e-prepare", daemon=True).start()
             pending, running, waiting = len(jobs), {}, None
             # the pool's own limit, under CI's 90 minutes: at 3000 s a fresh-clone CI (50 min in all) killed the last
-            # vLLM run ~10 s before it would have finished; the runs' sum is ~2500 s there, with gaps for warm-ups
-            deadline = time.monotonic() + 4200
+            # vLLM run ~10 s before it would have finished; the resume and two-node drills added ~20 minutes of runs
+            deadline = time.monotonic() + 4800
             while (pending or running) and not self.stopping:
                 while pending and self.busy() < PARALLEL:
                     if waiting is None:

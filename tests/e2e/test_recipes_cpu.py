@@ -176,6 +176,33 @@ def test_vlm_r3_writes_inline_boxes_and_gets_the_crop_in_the_same_turn(finished,
     assert step["visionr3/reward/region/mean"] == pytest.approx(np.mean([row["region"] for row in rows]))
 
 
+def test_vlm_r3_freezes_the_vision_tower(finished):
+    """``actor.freeze_vision_tower: true`` (the recipe, as VLM-R3 froze encoder and merger): after the step, every
+    ``visual.*`` tensor of the saved actor equals the starting policy's bit for bit, while the language model moved."""
+    import torch
+    from safetensors.torch import load_file
+
+    _, _, directory = finished("vlm_r3")
+    policy = Path((directory / "policy.txt").read_text())
+    start = {}
+    for path in policy.glob("*.safetensors"):
+        start.update(load_file(path))
+    saved = torch.load(directory / "checkpoints" / "global_step_1" / "actor" / "model_world_size_1_rank_0.pt",
+                       weights_only=False)
+    local = {name: (tensor.to_local() if hasattr(tensor, "to_local") else tensor) for name, tensor in saved.items()}
+
+    def by_suffix(tensors: dict, mark: str) -> dict:  # transformers 5 names ("model.visual.") vs saved ("visual.")
+        return {name[name.index(mark):]: tensor for name, tensor in tensors.items() if mark in name}
+
+    visual_start, visual_saved = by_suffix(start, "visual."), by_suffix(local, "visual.")
+    assert visual_saved and visual_saved.keys() == visual_start.keys()
+    changed = [name for name in visual_saved if not torch.equal(visual_saved[name], visual_start[name].to(visual_saved[name].dtype))]
+    assert not changed, f"frozen vision parameters changed: {changed[:5]}"
+    layers_start, layers_saved = by_suffix(start, "layers."), by_suffix(local, "layers.")
+    moved = [name for name in layers_saved if not torch.equal(layers_saved[name], layers_start[name].to(layers_saved[name].dtype))]
+    assert moved, "the language model did not change either"
+
+
 def boxed(text: str | None) -> str | None:
     found = re.findall(r"\\boxed\{([^{}]*)\}", text or "")
     return found[-1].strip().strip(".").lower() if found else None

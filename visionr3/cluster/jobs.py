@@ -335,6 +335,15 @@ def auth_headers() -> dict[str, str]:
         raise JobsError(f"Ray auth token: {exc}") from None
 
 
+def _token_source() -> str:
+    """Where the token :func:`auth_headers` sent came from, in Ray's order of lookup (never the token itself)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH ({os.environ['RAY_AUTH_TOKEN_PATH']})"
+    return "~/.ray/auth_token"
+
+
 def connect(address: str | None):
     """Ray's ``JobSubmissionClient`` for ``address`` (see :func:`_address`), with the auth token; clear errors."""
     from ray.job_submission import JobSubmissionClient
@@ -347,8 +356,14 @@ def connect(address: str | None):
     try:
         return JobSubmissionClient(url, headers=headers or None)
     except Exception as exc:  # ConnectionError, RuntimeError (HTTP 401/403/404), ValueError (a bad address)
-        hint = ""
-        if "401" in str(exc) or "Unauthorized" in str(exc) or "authentication" in str(exc).lower():
+        hint, text = "", str(exc)
+        refused = any(mark in text for mark in ("401", "403", "Unauthorized", "Forbidden")) or "authentication" in text.lower()
+        if refused and headers:
+            hint = (
+                f" The cluster refused the token from {_token_source()}: it is not this cluster's token (`ray "
+                "get-auth-token` on the head prints the right one)."
+            )
+        elif refused:
             hint = (
                 " The cluster wants a token: put the head's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
                 "RAY_AUTH_TOKEN (`ray get-auth-token` prints it on the head)."

@@ -68,6 +68,14 @@ Workarounds, each inert unless this platform is the selected one:
    platform requested — which includes vLLM's workers, because verl's worker extension is imported before the model
    loads; a standalone ``vllm serve`` (no verl) keeps oneDNN.
 
+4. **The reference model pins memory** (:func:`unpinned_offload_policy`). verl 0.9.1's FSDP2 engine gives every
+   forward-only module (the reference policy, whenever a KL term is on) ``CPUOffloadPolicy(pin_memory=True)``
+   whatever ``ref.fsdp_config.param_offload`` says (``_build_fsdp_module``), and pinning host memory needs a CUDA
+   driver ("Found no NVIDIA driver on your system"). On CPU the parameters already live in host memory, so pinning
+   buys nothing: the engine module's ``CPUOffloadPolicy`` name is rebound to a subclass that always says
+   ``pin_memory=False``. Armed like (2), on the same module import; the class stays a ``CPUOffloadPolicy``, so
+   FSDP2's and verl's ``isinstance`` checks are unchanged.
+
 Ray resources: verl's resource pools reserve the platform's ``ray_resource_name()`` per worker
 (``RayResourcePool.get_placement_groups`` in ``verl/single_controller/ray/base.py``) and
 ``ResourcePoolManager._check_resource_available`` counts only ``"GPU"``/``"NPU"``. We keep ``"GPU"`` and declare
@@ -433,8 +441,25 @@ def register() -> bool:
     if requested and not _engine_hook_armed:
         _engine_hook_armed = True
         after_import(_ENGINE_MODULE, register_cpu_engines)
+        after_import(_ENGINE_MODULE, unpinned_offload_policy)
         after_import("vllm._custom_ops", keep_vllm_linear_weights)
     return requested
+
+
+def unpinned_offload_policy(engine_module: types.ModuleType) -> None:
+    """Workaround (4) of the module docstring: FSDP2 offload policies built by verl's engine never pin memory on CPU."""
+    policy = getattr(engine_module, "CPUOffloadPolicy", None)
+    if not cpu_platform_active() or policy is None or getattr(policy, "_visionr3_unpinned", False):
+        return
+
+    class UnpinnedCPUOffloadPolicy(policy):
+        _visionr3_unpinned = True
+
+        def __init__(self, pin_memory: bool = False):
+            super().__init__(pin_memory=False)
+
+    UnpinnedCPUOffloadPolicy.__name__ = UnpinnedCPUOffloadPolicy.__qualname__ = "CPUOffloadPolicy"
+    engine_module.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
 
 
 def keep_vllm_linear_weights(custom_ops: types.ModuleType) -> None:

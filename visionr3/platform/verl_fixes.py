@@ -1,10 +1,18 @@
-"""Two corrections to verl 0.9.1, applied in every verl process by :mod:`visionr3.plugin`, each right after the verl
+"""Three corrections to verl 0.9.1, applied in every verl process by :mod:`visionr3.plugin`, each right after the verl
 module it corrects is imported. Each wraps one verl function, recognises exactly the failing case, and leaves every
 other call to verl; remove each when verl fixes it.
 
 1. :func:`install` — equal-length multimodal rollouts crash ``update_actor`` (below).
 2. :func:`install_text_only_fix` — a Qwen2.5-VL micro-batch without images crashes under transformers 5 (RL on
    DeepEyes' text-only rows, a third of Vision-SR1's cold-start SFT).
+3. :func:`install_freeze_vision_tower` — ``actor.freeze_vision_tower`` is declared by verl 0.9.1
+   (``verl/workers/config/actor.py``) and read nowhere: the vision tower always trained. VLM-R3 and both papers' SFT
+   freeze it (and its merger). The actor's engine is built inside ``ActorRolloutRefWorker.init_model`` from an engine
+   config that does not carry the flag, so the worker's ``init_model`` is wrapped to note the actor's setting, and
+   the FSDP engine's ``_build_fsdp_module`` to turn ``requires_grad`` off for every ``visual.`` parameter of a
+   trainable (not forward-only) module before FSDP wraps it. A parameter without a gradient is skipped by the
+   optimizer (no weight decay either) and by gradient clipping, so it stays bit-identical; it is still saved and
+   synced to the rollout like any other.
 
 Equal-length rollouts
 ---------------------
@@ -106,3 +114,71 @@ def install_text_only_fix(qwen2_vl: ModuleType) -> None:
     _get_input_embeds.__visionr3_fix__ = True
     _get_input_embeds.__wrapped__ = original
     qwen2_vl._get_input_embeds = _get_input_embeds
+
+
+# ---- 3. actor.freeze_vision_tower ------------------------------------------------------------------------------------
+
+VISION_MARK = "visual."
+"""Qwen2.5-VL's and Qwen3-VL's vision tower and merger live under ``visual`` (``model.visual.*`` in transformers 5)."""
+_freeze_vision_tower = False  # set while the actor's engine is built (ActorRolloutRefWorker.init_model)
+
+
+def freeze_vision_tower(module) -> int:
+    """Turn ``requires_grad`` off for every parameter whose name contains :data:`VISION_MARK`; how many it froze."""
+    frozen = 0
+    for name, parameter in module.named_parameters():
+        if VISION_MARK in f"{name}" and parameter.requires_grad:
+            parameter.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+class vision_tower_frozen:
+    """While active, the FSDP engines built in this process freeze the vision tower (what the worker wrapper sets
+    from ``actor.freeze_vision_tower``; usable directly around verl's ``TrainingWorker``)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.saved = enabled, False
+
+    def __enter__(self):
+        global _freeze_vision_tower
+        self.saved, _freeze_vision_tower = _freeze_vision_tower, self.enabled
+        return self
+
+    def __exit__(self, *exc):
+        global _freeze_vision_tower
+        _freeze_vision_tower = self.saved
+
+
+def install_freeze_vision_tower(module: ModuleType) -> None:
+    """Wrap ``ActorRolloutRefWorker.init_model`` (``verl.workers.engine_workers``) or ``FSDPEngine._build_fsdp_module``
+    (``verl.workers.engine.fsdp.transformer_impl``), whichever ``module`` is (idempotent)."""
+    import functools
+    import logging
+
+    worker = getattr(module, "ActorRolloutRefWorker", None)
+    if worker is not None and not getattr(worker.init_model, "__visionr3_fix__", False):
+        original_init = worker.init_model
+
+        @functools.wraps(original_init)  # keeps verl's dispatch attributes (@register)
+        def init_model(self, *args, **kwargs):
+            actor = self.config.get("actor") if "actor" in getattr(self, "role", "") else None
+            with vision_tower_frozen(bool(actor is not None and actor.get("freeze_vision_tower", False))):
+                return original_init(self, *args, **kwargs)
+
+        init_model.__visionr3_fix__ = True
+        worker.init_model = init_model
+
+    engine = getattr(module, "FSDPEngine", None)
+    if engine is not None and not getattr(engine._build_fsdp_module, "__visionr3_fix__", False):
+        original_build = engine._build_fsdp_module
+
+        @functools.wraps(original_build)
+        def _build_fsdp_module(self, module_, *args, **kwargs):
+            if _freeze_vision_tower and not self.engine_config.forward_only:
+                frozen = freeze_vision_tower(module_)
+                logging.getLogger(__name__).warning("visionr3: actor.freeze_vision_tower froze %d vision parameters", frozen)
+            return original_build(self, module_, *args, **kwargs)
+
+        _build_fsdp_module.__visionr3_fix__ = True
+        engine._build_fsdp_module = _build_fsdp_module

@@ -43,13 +43,17 @@ combined ``actor_digest`` / ``replica_digest``; the check after ``init`` is logg
 ``visionr3/weight_sync/initial_*``. A stale replica logs ``match`` 0.0 and a warning naming the tensors. It costs two
 SHA-256 passes over the weights per sync (~0.2 s for the 14M-parameter tiny model; turn it off for large models).
 
-Everything else — the training loop, weight sync, checkpoints — is verl's ``PPOTrainerSync`` unchanged.
+Checkpoints are verl's, saved so that a kill cannot leave a root that does not resume (:mod:`visionr3.train.checkpoints`:
+a completion mark, an atomic pointer, rotation after the pointer moves, and a pointer check before verl's resume).
+Everything else — the training loop, weight sync — is verl's ``PPOTrainerSync`` unchanged.
 
 The class registers when this module is imported; :mod:`visionr3.plugin` imports it in every process verl starts.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,6 +77,8 @@ from visionr3.config import VisionR3Settings
 from visionr3.reward.shaping import custom_advantages, shape_scores
 
 DUMP_IMAGE_MAX_SIDE = 512
+
+logger = logging.getLogger(__name__)
 
 
 def _rows(column: Any) -> list:
@@ -275,6 +281,57 @@ class VisionR3SyncTrainer(PPOTrainerSync):
             return
         metrics = weight_sync_metrics(self.actor_rollout_wg, self.checkpoint_manager.replicas, prefix)
         self._pending_sync_metrics = {**(getattr(self, "_pending_sync_metrics", None) or {}), **metrics}
+
+    # ---- checkpoints a kill cannot corrupt (visionr3.train.checkpoints) ---------------------------------------
+
+    def _save_checkpoint(self):
+        """verl's save with its rotation off, then the folder marked complete, the pointer rewritten atomically, and
+        only then the folders beyond ``trainer.max_actor_ckpt_to_keep`` removed (see :mod:`visionr3.train.checkpoints`
+        for the two windows this closes). With ``actor.checkpoint.async_save`` verl writes no pointer: left to verl."""
+        import shutil
+
+        from omegaconf import open_dict
+
+        from visionr3.train import checkpoints
+
+        trainer = self.config.trainer
+        if self.config.actor_rollout_ref.actor.get("checkpoint", {}).get("async_save", False):
+            return super()._save_checkpoint()
+        keep = 1 if trainer.get("remove_previous_ckpt_in_save", False) else trainer.get("max_actor_ckpt_to_keep", None)
+        saved = {key: trainer.get(key, None) for key in ("max_actor_ckpt_to_keep", "max_critic_ckpt_to_keep",
+                                                          "remove_previous_ckpt_in_save")}
+        with open_dict(trainer):
+            trainer.max_actor_ckpt_to_keep = trainer.max_critic_ckpt_to_keep = None
+            trainer.remove_previous_ckpt_in_save = False
+        try:
+            super()._save_checkpoint()
+        finally:
+            with open_dict(trainer):
+                for key, value in saved.items():
+                    trainer[key] = value
+        root = trainer.default_local_dir
+        if not os.path.isabs(root):
+            root = os.path.join(os.getcwd(), root)
+        checkpoints.mark_complete(os.path.join(root, f"global_step_{self.global_steps}"), self.global_steps)
+        checkpoints.write_tracker(root, self.global_steps)
+        for folder in checkpoints.prunable(root, keep, self.global_steps):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _load_checkpoint(self):
+        """verl's resume, after the pointer was checked: an unreadable one, or one naming a folder a kill left half
+        written, is set to the newest complete step (with a warning) instead of failing or training from scratch."""
+        from visionr3.train import checkpoints
+
+        trainer = self.config.trainer
+        if trainer.resume_mode == "auto":
+            root = trainer.default_local_dir
+            if not os.path.isabs(root):
+                root = os.path.join(os.getcwd(), root)
+            step, warning = checkpoints.repair(root)
+            if warning:
+                logger.warning(warning)
+                print(f"[visionr3] {warning}", flush=True)
+        super()._load_checkpoint()
 
     def on_init_end(self):
         super().on_init_end()

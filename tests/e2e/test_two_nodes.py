@@ -1,0 +1,85 @@
+"""verl's trainer across two Ray nodes on one machine (the two-node drill, :mod:`visionr3.testing.two_nodes_drill`).
+
+A head and a worker node (separate ``ray start`` processes, token auth, one logical GPU each), FSDP2 over two ranks
+with the reference model on, the two-shard checkpoint merged, and the worker node's raylet killed mid-step."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def drill(e2e_runs) -> dict:
+    run = e2e_runs["two_nodes"]
+    run.check()
+    return json.loads((run.directory / "drill.json").read_text())
+
+
+def test_trains_with_one_rank_on_each_node(drill):
+    """Both nodes came up; the 2-step run finished; Ray placed the two trainer workers on different nodes, and each
+    rollout server (verl's replica per rank) on a node of its own."""
+    assert drill["nodes_up"] == 2
+    train = drill["train"]
+    assert train["returncode"] == 0, open(train["log"]).read()[-4000:]
+    assert sorted(map(int, train["metrics"])) == [1, 2]  # JSON keys
+    placement = drill["placement"]
+    assert "error" not in placement, placement
+    assert len(placement["nodes"]) == 2
+    workers = [a for a in placement["actors"] if "WorkerDict" in a["class"]]
+    servers = [a for a in placement["actors"] if a["class"] == "HFServer"]
+    assert len(workers) == 2 and {a["node"] for a in workers} == set(placement["nodes"]), workers
+    assert len(servers) == 2 and {a["node"] for a in servers} == set(placement["nodes"]), servers
+    # replica r serves rank r's weights from rank r's node (actor names: "<prefix>WorkerDict_<rank>:0", "hf_server_<r>_0")
+    node_of_rank = {int(a["name"].rsplit("WorkerDict_", 1)[1].split(":")[0]): a["node"] for a in workers}
+    for server in servers:
+        assert server["node"] == node_of_rank[int(server["name"].split("_")[2])], (server, node_of_rank)
+
+
+def test_each_rank_holds_half_of_the_parameters(drill):
+    """The checkpoint has two shards, and each holds about half of every tensor's elements (FSDP2 shards dim 0;
+    an odd length leaves one rank a row more)."""
+    shards = drill["shards"]
+    assert sorted(shards) == ["model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"], shards
+    full = shards["model_world_size_2_rank_0.pt"]["full"]
+    for name, shard in shards.items():
+        assert shard["full"] == full
+        assert math.isclose(shard["numel"], full / 2, rel_tol=0.02), (name, shard)
+    assert sum(shard["numel"] for shard in shards.values()) == full
+
+
+def test_reference_policy_and_kl_loss_on_and_weights_synced(drill):
+    """The KL loss is computed against the reference model at every step, and after every weight sync both rollout
+    replicas hold exactly the sharded actor's full weights (visionr3's digest check)."""
+    for step, values in drill["train"]["metrics"].items():
+        assert math.isfinite(values["actor/kl_loss"]) and values["actor/kl_loss"] >= 0, (step, values)
+        assert values["visionr3/weight_sync/match"] == 1.0, step
+    first = drill["train"]["metrics"]["1"]
+    assert first["visionr3/weight_sync/initial_match"] == 1.0
+
+
+def test_merge_of_two_shards_and_a_missing_one(drill):
+    assert drill["merge"]["returncode"] == 0, drill["merge"]["output"]
+    assert "W=2" in drill["merge"]["output"]
+    refused = drill["merge_missing_shard"]
+    assert refused["returncode"] == 2
+    assert "model_world_size_2_rank_1.pt" in refused["stderr"] and "Traceback" not in refused["stderr"]
+
+
+def test_losing_the_worker_node_ends_the_run_and_it_resumes(drill):
+    """The worker node's raylet, SIGKILLed during step 3, takes that node's rank and rollout server with it: the
+    driver exits with an error instead of hanging, and the same command on a restarted cluster resumes from step 2
+    (steps 3 and 4, not 1) and finishes."""
+    killed = drill["killed"]
+    assert killed.get("raylet"), killed
+    assert not killed.get("hung"), open(killed["log"]).read()[-4000:]
+    assert killed["returncode"] != 0
+    resumed = drill["resumed"]
+    assert resumed["returncode"] == 0, open(resumed["log"]).read()[-4000:]
+    assert sorted(map(int, resumed["metrics"])) == [3, 4]
+
+
+def test_nothing_outlives_the_cluster(drill):
+    assert drill["orphans"] == []

@@ -1,0 +1,185 @@
+"""Two Ray nodes on one machine, verl's trainer across them, its two-shard checkpoint merged, a worker node killed.
+
+    python -m visionr3.testing.two_nodes_drill --out DIR --policy <checkpoint>     # ~10 minutes on 2 cores
+
+1. :class:`~visionr3.cluster.local.LocalCluster` starts a head and a worker node (separate ``ray start`` processes
+   on 127.0.0.1, token auth, one logical GPU each).
+2. ``visionr3 train --config-name cpu_demo cluster=cpu_2nodes``: 2 GRPO steps, FSDP2 over two ranks (one per node),
+   the reference model on (KL loss), the HF rollout replicas where verl places them, step 2 saved.
+3. Where Ray ran each trainer worker and rollout server (Ray's state API: node ids), and how many parameters each
+   rank's checkpoint shard holds.
+4. ``visionr3 merge`` of the two-shard checkpoint (its own tensor check), and of a copy missing rank 1's shard.
+5. A second run (``trainer.total_training_steps=4``) resumes from step 2 across the nodes, and the worker node's
+   raylet is killed (SIGKILL) during its step 3. The driver must exit rather than hang; the cluster is restarted and
+   the same command resumes from step 2 again and finishes.
+6. The cluster is stopped; any process of it still alive is recorded as an orphan.
+
+``DIR/drill.json`` holds what tests/e2e/test_two_nodes.py checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VISIONR3 = str(Path(sys.executable).with_name("visionr3"))
+
+PLACEMENT = """
+import json, ray
+from ray.util.state import list_actors, list_nodes
+ray.init(logging_level="ERROR", log_to_driver=False)
+nodes = [n.node_id for n in list_nodes(limit=100) if n.state == "ALIVE"]
+actors = [{"class": a.class_name, "name": a.name, "node": a.node_id, "state": a.state}
+          for a in list_actors(limit=1000, detail=True)]
+print(json.dumps({"nodes": nodes, "actors": actors}))
+"""
+
+SHARDS = """
+import json, sys, torch
+out = {}
+for path in sys.argv[1:]:
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+    out[path.rsplit("/", 1)[-1]] = {"numel": sum(local(t).numel() for t in state.values()),
+                                     "full": sum(t.numel() for t in state.values())}
+print(json.dumps(out))
+"""
+
+
+def train_command(out: Path, policy: Path, rows: Path, steps: int, name: str) -> list[str]:
+    return [
+        VISIONR3, "train", "--config-name", "cpu_demo", "cluster=cpu_2nodes",
+        f"actor_rollout_ref.model.path={policy}",
+        f"data.train_files={rows}", f"data.val_files={rows}",
+        "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "data.max_response_length=256", "actor_rollout_ref.rollout.n=2",
+        f"trainer.total_training_steps={steps}", "trainer.save_freq=2",
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        "trainer.logger=[console,file]",
+        f"trainer.rollout_data_dir={out / name / 'rollouts'}",
+        # the trainer runs in a Ray actor on a cluster that was started without this process's environment: the
+        # file logger's path travels in the job's runtime env, as any variable a job needs on a real cluster
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={out / name / 'metrics.jsonl'}",
+    ]
+
+
+def python(code: str, *args: str, env: dict | None = None, timeout: float = 300) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    if done.returncode != 0:
+        return {"error": done.stderr[-3000:]}
+    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def metrics(path: Path) -> dict[int, dict]:
+    if not path.exists():
+        return {}
+    return {entry["step"]: entry["data"] for entry in map(json.loads, path.read_text().splitlines()) if entry}
+
+
+def train(cluster, out: Path, command: list[str], name: str, kill_when=None, timeout: float = 1500) -> dict:
+    directory = out / name
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "metrics.jsonl"
+    env = cluster.client_env()
+    log = directory / "run.log"
+    started = time.monotonic()
+    record: dict = {"log": str(log)}
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=directory, env=env)
+    while process.poll() is None and time.monotonic() - started < timeout:
+        if kill_when is not None and "killed_at" not in record and kill_when(log):
+            record["killed_at"] = round(time.monotonic() - started, 1)
+            raylet = cluster.raylet_pid(1)
+            record["raylet"] = raylet
+            if raylet:
+                os.kill(raylet, signal.SIGKILL)
+            record["killed_steps"] = sorted(metrics(path))
+        time.sleep(0.2)
+    if process.poll() is None:  # the driver outlived the limit: a hang
+        record["hung"] = True
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    record["returncode"] = process.wait()
+    record["seconds"] = round(time.monotonic() - started, 1)
+    record["metrics"] = metrics(path)
+    if "killed_at" in record:
+        record["exit_after_kill_s"] = round(record["seconds"] - record["killed_at"], 1)
+    return record
+
+
+class InStep:
+    """True ``seconds`` after the driver's log shows verl's training loop started (its tqdm bar): the resumed run is
+    then inside step 3 (generation or update)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.since = seconds, None
+
+    def __call__(self, log: Path) -> bool:
+        if self.since is None:
+            if "Training Progress" in log.read_text(errors="replace"):
+                self.since = time.monotonic()
+            return False
+        return time.monotonic() - self.since > self.seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--policy", type=Path, required=True)
+    parser.add_argument("--no-kill", action="store_true", help="skip step 5 (the raylet kill and resume)")
+    args = parser.parse_args(argv)
+    from visionr3.cluster.local import LocalCluster
+    from visionr3.demo.synthetic import write_parquet
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = write_parquet(out / "rows.parquet", 8, seed=5)
+    cluster = LocalCluster(Path(f"/tmp/vr3-2n-{os.getpid()}"), nodes=2, gpus_per_node=1)
+    report: dict = {}
+    try:
+        cluster.start()
+        report["nodes_up"] = cluster.alive_nodes()
+        report["train"] = train(cluster, out, train_command(out, args.policy, rows, 2, "train"), "train")
+        report["placement"] = python(PLACEMENT, env=cluster.client_env())
+        actor_dir = out / "checkpoints" / "global_step_2" / "actor"
+        report["shards"] = python(SHARDS, *map(str, sorted(actor_dir.glob("model_world_size_*_rank_*.pt"))))
+        merged = subprocess.run([VISIONR3, "merge", str(out / "checkpoints"), str(out / "merged")],
+                                capture_output=True, text=True)
+        report["merge"] = {"returncode": merged.returncode, "output": (merged.stdout + merged.stderr)[-3000:]}
+        broken = out / "broken" / "actor"
+        shutil.copytree(actor_dir, broken)
+        (broken / "model_world_size_2_rank_1.pt").unlink()
+        refused = subprocess.run([VISIONR3, "merge", str(broken), str(out / "merged_broken")],
+                                 capture_output=True, text=True)
+        report["merge_missing_shard"] = {"returncode": refused.returncode, "stderr": refused.stderr[-2000:]}
+        if not args.no_kill:
+            command = train_command(out, args.policy, rows, 4, "killed")
+            report["killed"] = train(cluster, out, command, "killed", kill_when=InStep(8), timeout=900)
+            report["alive_after_kill"] = cluster.alive_nodes()
+            cluster.stop()  # a fresh cluster, as a scheduler would restart the lost node's machine
+            cluster = LocalCluster(cluster.directory, nodes=2, gpus_per_node=1)
+            cluster.start()
+            report["resumed"] = train(cluster, out, train_command(out, args.policy, rows, 4, "resumed"), "resumed")
+    finally:
+        cluster.stop()
+        time.sleep(2)
+        report["orphans"] = cluster.processes()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+    (out / "drill.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({key: value for key, value in report.items() if key != "placement"}, indent=1)[-6000:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
