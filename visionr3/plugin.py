@@ -91,6 +91,7 @@ def load() -> None:
 
     after_import("verl.utils.tensordict_utils", verl_fixes.install)
     after_import("verl.models.transformers.qwen2_vl", verl_fixes.install_text_only_fix)
+    after_import("verl.trainer.ppo.v1.replay_buffer", verl_fixes.install_poll_interval)
 
 
 load()
