@@ -1,7 +1,7 @@
 """What one CPU GRPO step costs, and what batching the HF replica's requests saves.
 
-    .venv/bin/python benchmarks/bench_cpu_step.py                  # generation only, about 2 minutes
-    .venv/bin/python benchmarks/bench_cpu_step.py --step           # + the demo's GRPO step, today vs now (~10 min)
+    .venv/bin/python benchmarks/bench_cpu_step.py                  # generation only, 2-4 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_cpu_step.py --step           # + the demo's GRPO step, today vs now (~12 min)
     .venv/bin/python benchmarks/bench_cpu_step.py --step --arm fused=actor_rollout_ref.model.use_fused_kernels=true
 
 Part 1 (generation, in this process): one :class:`~visionr3.rollout.hf.server.HFServer` on the tiny Qwen2.5-VL serves
