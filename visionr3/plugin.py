@@ -93,6 +93,7 @@ def load() -> None:
     after_import("verl.models.transformers.qwen2_vl", verl_fixes.install_text_only_fix)
     after_import("verl.workers.engine_workers", verl_fixes.install_freeze_vision_tower)
     after_import("verl.workers.engine.fsdp.transformer_impl", verl_fixes.install_freeze_vision_tower)
+    after_import("verl.trainer.ppo.v1.replay_buffer", verl_fixes.install_poll_interval)
 
 
 load()

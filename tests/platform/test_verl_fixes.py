@@ -59,3 +59,20 @@ def test_other_layouts_are_left_to_verl():
     assert not _packed_on_rope_dim(proper)
     text = torch.nested.as_nested_tensor([torch.arange(5), torch.arange(5)], layout=torch.jagged)  # 1-D text rows
     assert not _packed_on_rope_dim(text)
+
+
+def test_replay_buffer_polls_every_quarter_second_unless_told():
+    """verl's v1 ReplayBuffer sleeps 2 s between looks for finished rollouts; the plug-in (armed when verl is imported)
+    shortens the default, and a caller's own poll_interval still wins."""
+    from omegaconf import OmegaConf
+
+    from verl.trainer.ppo.v1 import replay_buffer
+
+    from visionr3.platform.verl_fixes import REPLAY_BUFFER_POLL_S, install_poll_interval
+
+    install_poll_interval(replay_buffer)  # a second install changes nothing
+    args = dict(trainer_mode="sync", trainer_config=OmegaConf.create({}), max_off_policy_threshold=None,
+                max_off_policy_strategy="drop", sampler_kwargs=OmegaConf.create({}))
+    assert replay_buffer.ReplayBuffer(**args).poll_interval == REPLAY_BUFFER_POLL_S
+    assert replay_buffer.ReplayBuffer(**args, poll_interval=1.5).poll_interval == 1.5
+    assert replay_buffer.ReplayBuffer.__init__.__wrapped__.__defaults__[0] == 2.0  # verl's own, untouched

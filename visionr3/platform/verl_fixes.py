@@ -1,4 +1,4 @@
-"""Three corrections to verl 0.9.1, applied in every verl process by :mod:`visionr3.plugin`, each right after the verl
+"""Four corrections to verl 0.9.1, applied in every verl process by :mod:`visionr3.plugin`, each right after the verl
 module it corrects is imported. Each wraps one verl function, recognises exactly the failing case, and leaves every
 other call to verl; remove each when verl fixes it.
 
@@ -13,6 +13,7 @@ other call to verl; remove each when verl fixes it.
    trainable (not forward-only) module before FSDP wraps it. A parameter without a gradient is skipped by the
    optimizer (no weight decay either) and by gradient clipping, so it stays bit-identical; it is still saved and
    synced to the rollout like any other.
+4. :func:`install_poll_interval` — the trainer notices finished rollouts up to 2 s late, every step.
 
 Equal-length rollouts
 ---------------------
@@ -182,3 +183,41 @@ def install_freeze_vision_tower(module: ModuleType) -> None:
 
         _build_fsdp_module.__visionr3_fix__ = True
         engine._build_fsdp_module = _build_fsdp_module
+
+
+# ---- 4. verl's replay-buffer poll ----------------------------------------------------------------------------------
+
+REPLAY_BUFFER_POLL_S = 0.25
+"""How often the v1 trainer's replay buffer looks for finished rollouts (verl's default: 2.0 s); the environment
+variable ``VISIONR3_REPLAY_BUFFER_POLL_S``, read when the fix is installed, overrides it (benchmarks/bench_cpu_step.py
+sets verl's 2.0 for its ``today`` arm)."""
+
+
+def install_poll_interval(replay_buffer: ModuleType) -> None:
+    """Make verl's v1 ``ReplayBuffer`` poll every :data:`REPLAY_BUFFER_POLL_S` seconds unless told otherwise
+    (idempotent).
+
+    verl 0.9.1's ``ReplayBuffer.sample`` (``verl/trainer/ppo/v1/replay_buffer.py``, the sync trainer's ``gen`` stage)
+    reads TransferQueue's metadata, and while a batch is not finished sleeps ``poll_interval`` — 2.0 s, which the
+    trainer never passes and no config key sets. So ``gen`` ends on the first poll after the last trajectory: the CPU
+    demo's ``timing_s/gen`` read 6.0x or 8.0x s on every step (benchmarks/bench_cpu_step.py), about 1 s lost per step
+    on average. A poll is one metadata read from the TransferQueue controller. ``ReplayBufferAsync`` inherits the
+    constructor; a caller that passes ``poll_interval`` keeps its value. Remove when verl makes it configurable.
+    """
+    import functools
+    import os
+
+    interval = float(os.environ.get("VISIONR3_REPLAY_BUFFER_POLL_S", REPLAY_BUFFER_POLL_S))
+    cls = replay_buffer.ReplayBuffer
+    original = cls.__init__
+    if getattr(original, "__visionr3_fix__", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if len(args) < 5:  # poll_interval is the fifth parameter after self
+            kwargs.setdefault("poll_interval", interval)
+        original(self, *args, **kwargs)
+
+    __init__.__visionr3_fix__ = True
+    cls.__init__ = __init__

@@ -5,8 +5,10 @@ config has a ``vision_config``, else ``AutoModelForCausalLM``; ``attn_implementa
 :func:`visionr3.processing.load_processor`, which also works without torchvision) and serves
 ``async generate(prompt_ids, sampling_params, request_id, image_data=..., ...) -> TokenOutput``, the signature the
 client calls. Model calls are serialized by an ``asyncio.Lock`` and run in a thread, so control calls (sleep,
-abort, weight loads queued behind the lock) never wait on a blocked event loop; there is no cross-request
-batching (one request at a time is what a CPU can do anyway). Details of each sampling parameter are in
+abort, weight loads queued behind the lock) never wait on a blocked event loop. Requests that wait for the model
+together — the ``n`` samples of a GRPO group arrive at once — run as one left-padded batch in one ``generate`` call
+(``engine_kwargs.hf.max_batch_size``, :meth:`HFServer._generate_waiting`); greedy rows come out token-identical to
+one-at-a-time generation (``tests/rollout/test_hf_batching.py``). Details of each sampling parameter are in
 :meth:`HFServer.generate`.
 
 Weights are loaded from the checkpoint at start whatever ``rollout.load_format`` says (``dummy`` only saves vLLM
@@ -29,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
@@ -36,12 +39,29 @@ import torch
 
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 
-from visionr3.rollout.hf.config import _engine_options, _get
+from visionr3.rollout.hf.config import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH_SIZE, _engine_options, _get
 from visionr3.rollout.hf.openai_http import OpenAIEndpointMixin
-from visionr3.rollout.hf.sampling import SamplingMixin, _Request
+from visionr3.rollout.hf.sampling import SamplingMixin, _Request, batch_key
 from visionr3.rollout.hf.server_weights import WeightSyncMixin
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A request ready for the model, and where its ``(token_ids, log_probs, aborted)`` goes."""
+
+    request: _Request
+    future: asyncio.Future
+
+
+def _settle(future: asyncio.Future, result: Any = None, exception: Optional[BaseException] = None) -> None:
+    if future.done():  # the caller went away
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
 
 
 class HFServer(OpenAIEndpointMixin, SamplingMixin, WeightSyncMixin):
@@ -105,6 +125,15 @@ class HFServer(OpenAIEndpointMixin, SamplingMixin, WeightSyncMixin):
         self._asleep = False
         self._warned_keys: set[str] = set()
         self._weight_update: Optional[set[str]] = None  # keys received in the current sync, None when not syncing
+        # Batching (see _generate_waiting): admitted requests still computing their image inputs, requests waiting
+        # for the model, the task that runs them, and what it has done.
+        self.max_batch_size = max(1, int(self.options.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)))
+        self.batch_wait_s = float(self.options.get("batch_wait_ms", DEFAULT_BATCH_WAIT_MS)) / 1000
+        self._preparing = 0
+        self._waiting: list[_Waiting] = []
+        self._batcher: Optional[asyncio.Task] = None
+        self.generate_calls = 0
+        self.batched_requests = 0
 
         seed = int(_get(config, "seed", 0) or 0) + int(replica_rank)
         torch.manual_seed(seed)  # vLLM seeds its engine with replica_rank + rollout.seed too
@@ -223,6 +252,9 @@ class HFServer(OpenAIEndpointMixin, SamplingMixin, WeightSyncMixin):
             "asleep": self._asleep,
             "eos_token_ids": list(self.eos_token_ids),
             "banned_token_ids": len(self.banned_token_ids),
+            "max_batch_size": self.max_batch_size,
+            "generate_calls": self.generate_calls,
+            "batched_requests": self.batched_requests,
         }
 
     async def get_server_address(self) -> tuple[str, int]:
@@ -273,7 +305,8 @@ class HFServer(OpenAIEndpointMixin, SamplingMixin, WeightSyncMixin):
         * Returns ``TokenOutput(token_ids, log_probs, stop_reason="completed"|"aborted", num_preempted=0,
           extra_fields={"global_steps", "num_cached_tokens": 0})``; ``LLMServerClient`` adds
           ``min_global_steps``/``max_global_steps`` from ``global_steps``. ``priority`` is accepted and ignored
-          (requests are served in arrival order).
+          (requests are served in arrival order; requests waiting together share a batch, see
+          :func:`~visionr3.rollout.hf.sampling.batch_key` for which can).
         """
         from verl.utils import normalize_token_ids
 
@@ -298,26 +331,106 @@ class HFServer(OpenAIEndpointMixin, SamplingMixin, WeightSyncMixin):
         self._tickets += 1
         ticket = self._tickets
         self._inflight[ticket] = request_id
+        self._preparing += 1
+        waiting = None
         try:
-            if image_data:
-                request.mm_inputs = await asyncio.to_thread(
-                    self._multimodal_inputs, prompt_ids, list(image_data), mm_processor_kwargs
-                )
-            elif self.processor is not None and self._count_placeholders(prompt_ids):
-                raise ValueError(
-                    f"request {request_id}: prompt_ids contain image/video placeholder tokens but no image_data "
-                    "was given"
-                )
-            async with self._lock:
-                if self._is_aborted(request):
-                    return self._output([], None, "aborted")
-                self._wake_if_asleep()
-                token_ids, log_probs, aborted = await asyncio.to_thread(self._generate_blocking, request)
+            try:
+                if image_data:
+                    request.mm_inputs = await asyncio.to_thread(
+                        self._multimodal_inputs, prompt_ids, list(image_data), mm_processor_kwargs
+                    )
+                elif self.processor is not None and self._count_placeholders(prompt_ids):
+                    raise ValueError(
+                        f"request {request_id}: prompt_ids contain image/video placeholder tokens but no image_data "
+                        "was given"
+                    )
+            finally:
+                self._preparing -= 1
+            waiting = _Waiting(request, asyncio.get_running_loop().create_future())
+            self._waiting.append(waiting)
+            if self._batcher is None or self._batcher.done():
+                self._batcher = asyncio.create_task(self._generate_waiting())
+            token_ids, log_probs, aborted = await waiting.future
             return self._output(token_ids, log_probs, "aborted" if aborted else "completed")
         finally:
+            if waiting is not None and waiting in self._waiting:  # cancelled before its batch was taken
+                self._waiting.remove(waiting)
             self._inflight.pop(ticket, None)
             if request_id not in self._inflight.values():
                 self._aborted_ids.discard(request_id)
+
+    # -- batching: the model runs requests that wait together in one generate call ----------------------------------
+
+    async def _generate_waiting(self) -> None:
+        """The one task that runs the model for waiting requests, while any wait: under the model lock, it gathers a
+        batch (:meth:`_gather_batch`), generates it in a worker thread and hands each request its result."""
+        while self._waiting:
+            async with self._lock:
+                await self._gather_batch()
+                if not self._waiting:
+                    return
+                batch = self._take_batch()
+                try:
+                    self._wake_if_asleep()
+                    await self._run_batch(batch)
+                except BaseException as exc:  # never leave a caller waiting
+                    for waiting in batch:
+                        _settle(waiting.future, exception=exc)
+                    raise
+
+    async def _gather_batch(self) -> None:
+        """Wait (at most ``batch_wait_ms``) while requests that have been admitted are still preparing their inputs and
+        the batch is not full: the ``n`` requests of a GRPO group arrive together, a few milliseconds apart."""
+        if self.max_batch_size <= 1 or self.batch_wait_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        while self._preparing > 0 and len(self._waiting) < self.max_batch_size and loop.time() < deadline:
+            await asyncio.sleep(0.002)
+
+    def _take_batch(self) -> list[_Waiting]:
+        """The oldest waiting request and, in arrival order, every later one with its :func:`batch_key` (up to
+        ``max_batch_size``); a request with no key goes alone."""
+        head = self._waiting[0]
+        key = batch_key(head.request)
+        batch = [head]
+        if key is not None:
+            for waiting in self._waiting[1:]:
+                if len(batch) >= self.max_batch_size:
+                    break
+                if batch_key(waiting.request) == key:
+                    batch.append(waiting)
+        for waiting in batch:
+            self._waiting.remove(waiting)
+        return batch
+
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
+        live = []
+        for waiting in batch:
+            if waiting.future.done():  # the caller went away
+                continue
+            if self._is_aborted(waiting.request):
+                waiting.future.set_result(([], None, True))
+            else:
+                live.append(waiting)
+        if not live:
+            return
+        try:
+            results = await asyncio.to_thread(self._generate_blocking, [w.request for w in live])
+        except Exception as exc:
+            if len(live) == 1:
+                _settle(live[0].future, exception=exc)
+                return
+            # One bad request must not fail the others: each runs again alone and gets its own result or error.
+            for waiting in live:
+                try:
+                    (result,) = await asyncio.to_thread(self._generate_blocking, [waiting.request])
+                    _settle(waiting.future, result=result)
+                except Exception as alone:
+                    _settle(waiting.future, exception=alone)
+            return
+        for waiting, result in zip(live, results):
+            _settle(waiting.future, result=result)
 
     def _output(self, token_ids: list[int], log_probs: Optional[list[float]], stop_reason: str) -> TokenOutput:
         return TokenOutput(
