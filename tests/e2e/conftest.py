@@ -348,7 +348,8 @@ class Pool:
 
         def qwen3_vl() -> tuple[list[str], Path]:
             """One GRPO step of the tiny Qwen3-VL with the normalised-coordinate crop tool (tests/e2e/test_qwen3_vl.py):
-            the untrained model, so whatever it writes (mostly malformed calls) goes through verl's trainer."""
+            the untrained model, so whatever it writes goes through verl's trainer, with a reward that differs between
+            samples (tests/e2e/text_digest_reward.py) so the gradient is not zero."""
             directory = root / "qwen3_vl"
             directory.mkdir(parents=True, exist_ok=True)
             rows = write_parquet(directory / "rows.parquet", 2, seed=3)
@@ -359,6 +360,8 @@ class Pool:
                 f"data.train_files={rows}", f"data.val_files={rows}",
                 f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tools}",
                 "data.max_response_length=192", "actor_rollout_ref.rollout.n=2",
+                f"reward.custom_reward_function.path={Path(__file__).with_name('text_digest_reward.py')}",
+                "reward.custom_reward_function.name=compute_score",
                 "trainer.total_training_steps=1", "trainer.save_freq=-1",
                 "trainer.logger=[console,file]", f"trainer.rollout_data_dir={directory / 'rollouts'}",
             ], directory

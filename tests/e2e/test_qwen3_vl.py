@@ -24,6 +24,8 @@ def test_one_step_updates_the_policy_and_syncs_it(step):
     assert len(rows) == 4  # 2 prompts x n 2
     for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "visionr3/tool_call_rate"):
         assert key in metrics, key
+    # tests/e2e/text_digest_reward.py gives different responses different rewards: nonzero advantages, a real gradient
+    assert len({row["score"] for row in rows}) > 1, [row["score"] for row in rows]
     assert metrics["actor/grad_norm"] > 0
     assert metrics["visionr3/weight_sync/initial_match"] == 1.0 and metrics["visionr3/weight_sync/match"] == 1.0
     assert metrics["visionr3/weight_sync/initial_replica_digest"] != metrics["visionr3/weight_sync/replica_digest"]
