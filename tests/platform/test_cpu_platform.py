@@ -203,7 +203,10 @@ GPU_MACHINE = """
         "platform": type(platform).__name__, "device": get_device_name(), "backend": backend,
         "registered": PlatformRegistry.get("cpu") is cpu.PlatformCPU, "evidence": cpu.accelerator_evidence(),
         "requested": cpu.cpu_platform_requested(), "armed": cpu._engine_hook_armed,
-        "engine_hook": any(isinstance(f, _AfterImportFinder) and f.fullname == cpu._ENGINE_MODULE for f in sys.meta_path),
+        # the CPU workarounds' hooks on verl's engine module (the plug-in's platform-independent fixes may hook it too)
+        "engine_hook": any(isinstance(f, _AfterImportFinder) and f.fullname == cpu._ENGINE_MODULE
+                           and {cpu.register_cpu_engines, cpu.unpinned_offload_policy} & set(f.callbacks)
+                           for f in sys.meta_path),
         "wrapped": getattr(dist.init_process_group, "__visionr3_dedupe__", False),
     }))
 """
