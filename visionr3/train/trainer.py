@@ -309,13 +309,15 @@ class VisionR3SyncTrainer(PPOTrainerSync):
             with open_dict(trainer):
                 for key, value in saved.items():
                     trainer[key] = value
-        root = trainer.default_local_dir
-        if not os.path.isabs(root):
-            root = os.path.join(os.getcwd(), root)
+        root = self._visionr3_checkpoint_root()
         checkpoints.mark_complete(os.path.join(root, f"global_step_{self.global_steps}"), self.global_steps)
         checkpoints.write_tracker(root, self.global_steps)
         for folder in checkpoints.prunable(root, keep, self.global_steps):
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _visionr3_checkpoint_root(self) -> str:
+        """``trainer.default_local_dir``, made absolute against the working directory as verl's save and resume do."""
+        return os.path.abspath(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
         """verl's resume, after the pointer was checked: an unreadable one, or one naming a folder a kill left half
@@ -324,10 +326,7 @@ class VisionR3SyncTrainer(PPOTrainerSync):
 
         trainer = self.config.trainer
         if trainer.resume_mode == "auto":
-            root = trainer.default_local_dir
-            if not os.path.isabs(root):
-                root = os.path.join(os.getcwd(), root)
-            step, warning = checkpoints.repair(root)
+            step, warning = checkpoints.repair(self._visionr3_checkpoint_root())
             if warning:
                 logger.warning(warning)
                 print(f"[visionr3] {warning}", flush=True)
