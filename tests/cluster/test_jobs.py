@@ -26,28 +26,12 @@ from pathlib import Path
 import pytest
 
 from visionr3.cluster import jobs
+from visionr3.cluster.local import MARKER, marked_processes
 from visionr3.cli import main as cli_main
 from visionr3.platform import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-MARKER = "VISIONR3_TEST_RAY_HEAD"
 FORGET = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-
-def _marked_pids(marker: str) -> list[int]:
-    """Processes whose environment carries ``MARKER=marker``: the head's and everything it started (workers, jobs)."""
-    needle = f"{MARKER}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 class RayHead:
@@ -141,7 +125,7 @@ def ray_head():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-        for pid in _marked_pids(str(temp_dir)):  # workers and job processes live in their own process groups
+        for pid in marked_processes(str(temp_dir)):  # workers and job processes live in their own process groups
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

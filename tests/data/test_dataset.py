@@ -190,3 +190,92 @@ def test_a_bad_row_names_file_row_and_field(tmp_path, qwen25):
         VisionRLDataset(str(path), tokenizer, _config(), processor)
     with pytest.raises(ValueError, match="data.mm_processor_kwargs"):  # verl's filter would drop every row
         VisionRLDataset(str(path), tokenizer, _config(mm_processor_kwargs={"size": {"longest_edge": 3136}}), processor)
+
+
+def _bytes_image(data):
+    return {"bytes": data, "path": None}
+
+
+def _png_mode(size, mode):
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BAD_ROWS = {
+    # name: (row, field, what the error says)
+    "bomb": (lambda: _row("<image>Q?", [_bytes_image(_png_mode((12000, 8000), "1"))]), r"images\[0\]",
+             r"96000000 pixels, over PIL's decompression-bomb limit|DecompressionBomb"),
+    "thin": (lambda: _row("<image>Q?", [_bytes_image(_png((1, 20000), "red"))]), r"images\[0\]",
+             "aspect ratio must be smaller than 200"),
+    "no ground truth": (lambda: {**_row("<image>Q?", [_image((64, 64))]), "reward_model": {"style": "rule", "ground_truth": None}},
+                        r"reward_model\.ground_truth", "missing"),
+    "empty ground truth": (lambda: _row("<image>Q?", [_image((64, 64))], answer="  "), r"reward_model\.ground_truth",
+                           "empty"),
+    "unreadable image": (lambda: _row("<image>Q?", [_bytes_image(b"not an image")]), r"images\[0\]",
+                         "UnidentifiedImageError"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_ROWS)
+def test_a_row_that_cannot_train_stops_the_build_naming_it(tmp_path, qwen25, name):
+    """Each fault in row 1 of a parquet: the build raises naming the file, the row and the field (verl's filter
+    would drop the image faults with a traceback; the ground-truth faults would train on a reward of 0)."""
+    tokenizer, processor = qwen25
+    make, field, says = BAD_ROWS[name]
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame([_row("<image>Fine.", [_image((64, 64))]), make()]).to_parquet(path)
+    with pytest.raises(ValueError, match=rf"{path} row 1: field '{field}': .*({says})"):
+        VisionRLDataset(str(path), tokenizer, _config(), processor)
+
+
+def test_skip_bad_rows_leaves_them_out_and_counts_them(tmp_path, qwen25, capsys):
+    """``data.skip_bad_rows=true``: every bad row is left out and counted (the build's log line, ``skipped_rows``),
+    the good rows stay in order; nothing is cached from a count that had bad rows."""
+    tokenizer, processor = qwen25
+    rows = [_row("<image>Fine.", [_image((64, 64))], answer="first")]
+    rows += [make() for make, _, _ in BAD_ROWS.values()]
+    rows += [_row("<image>Fine too.", [_image((96, 64))], answer="last")]
+    path = tmp_path / "mixed.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    dataset = VisionRLDataset(str(path), tokenizer, _config(skip_bad_rows=True), processor)
+    assert len(dataset) == 2 and dataset.skipped_rows == len(BAD_ROWS)
+    assert [dataset[i]["reward_model"]["ground_truth"] for i in range(2)] == ["first", "last"]
+    out = capsys.readouterr().out
+    assert f"skipped {len(BAD_ROWS)} bad row(s) of {len(rows)} (data.skip_bad_rows=true): {path} row 1: field" in out
+    assert "and 0 more" not in out
+
+
+def test_a_wrong_typed_field_names_the_first_row(tmp_path, qwen25):
+    """A parquet column has one type for all its rows: ``reward_model`` written as JSON text, or a ground truth that
+    is a struct, is wrong from row 0 on."""
+    import json
+
+    tokenizer, processor = qwen25
+    rows = [_row("<image>Fine.", [_image((64, 64))]) for _ in range(2)]
+    path = tmp_path / "typed.parquet"
+    pd.DataFrame([{**row, "reward_model": json.dumps(row["reward_model"])} for row in rows]).to_parquet(path)
+    with pytest.raises(ValueError, match=rf"{path} row 0: field 'reward_model.ground_truth': .*reward_model is str"):
+        VisionRLDataset(str(path), tokenizer, _config(), processor)
+    pd.DataFrame([{**row, "reward_model": {"style": "rule", "ground_truth": {"text": "red"}}} for row in rows]).to_parquet(path)
+    with pytest.raises(ValueError, match=rf"{path} row 0: field 'reward_model.ground_truth': .*dict .* not a string"):
+        VisionRLDataset(str(path), tokenizer, _config(), processor)
+
+
+def test_rows_say_where_they_came_from_and_whether_their_pixels_decode(tmp_path, qwen25):
+    """After the build's skips, each row still names its file row (``visionr3_row``), and
+    :func:`undecodable_image` finds the truncated PNG whose header the build accepted (the trainer's check)."""
+    from visionr3.data.dataset import ROW_FIELD, undecodable_image
+
+    tokenizer, processor = qwen25
+    whole = _png((64, 64), "red")
+    rows = [_row("<image>Cut.", [_bytes_image(whole[: len(whole) // 2])]), BAD_ROWS["no ground truth"][0](),
+            _row("<image>Fine.", [_image((64, 64))])]
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    dataset = VisionRLDataset(str(path), tokenizer, _config(skip_bad_rows=True), processor)
+    assert len(dataset) == 2 and dataset.skipped_rows == 1
+    first, last = dataset[0], dataset[1]
+    assert (first[ROW_FIELD], last[ROW_FIELD]) == (f"{path} row 0", f"{path} row 2")
+    assert undecodable_image(first["raw_prompt"]) == "images[0]: OSError: image file is truncated"
+    assert undecodable_image(last["raw_prompt"]) is None

@@ -76,6 +76,38 @@ class Run:
         assert self.returncode == 0, f"{self.returncode}; {self.log}:\n" + self.log.read_text(errors="replace")[-6000:]
 
 
+BAD_ROWS = {0: "truncated", 2: "bomb", 3: "no ground truth"}
+"""Row -> fault in the bad-data run's parquet of 6 demo rows (:func:`bad_rows`)."""
+
+
+def bad_rows(path: Path) -> Path:
+    """6 demo rows, three of them bad (:data:`BAD_ROWS`): row 0's PNG cut in half (its header is intact, so only
+    decoding fails, in the trainer's fetch), row 2's image 12000x8000 (over PIL's decompression-bomb limit), row 3 without a
+    ground truth. The build skips rows 2 and 3; row 0 is in step 1's batch (no shuffle)."""
+    import io
+
+    from PIL import Image
+
+    write_parquet(path, 6, seed=4)
+    frame = pd.read_parquet(path)
+    images = [list(images) for images in frame["images"]]
+    whole = images[0][0]["bytes"]
+    images[0] = [{**images[0][0], "bytes": whole[: len(whole) // 2]}]
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 8000)).save(bomb, format="PNG")
+    images[2] = [{**images[2][0], "bytes": bomb.getvalue()}]
+    frame["images"] = images
+    frame.at[3, "reward_model"] = {**frame.at[3, "reward_model"], "ground_truth": None}
+    frame.to_parquet(path)
+    return path
+
+
+def cpu_demo_command(policy: Path | str, rows: Path, *overrides: str) -> list[str]:
+    """``visionr3 train --config-name cpu_demo`` on ``policy`` with ``rows`` as both training and validation set."""
+    return [VISIONR3, "train", "--config-name", "cpu_demo", f"actor_rollout_ref.model.path={policy}",
+            f"data.train_files={rows}", f"data.val_files={rows}", *overrides]
+
+
 def rows_for(recipe: str, directory: Path) -> Path:
     """Synthetic rows without an `agent_name` column, so the recipe's default agent loop decides."""
     path = write_parquet(directory / "rows.parquet", 2, seed=0, task=TASK[recipe])
@@ -232,10 +264,8 @@ def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
     path = directory / "rows.parquet"
     pd.DataFrame(rows * spec["steps"]).to_parquet(path)
     (directory / "spec.json").write_text(json.dumps({**spec, "policy": str(policy)}))  # what the test reads back
-    return [
-        VISIONR3, "train", "--config-name", "cpu_demo",
-        f"actor_rollout_ref.model.path={policy}",
-        f"data.train_files={path}", f"data.val_files={path}",
+    return cpu_demo_command(
+        policy, path,
         "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
         f"actor_rollout_ref.rollout.n={spec['n']}",
         f"actor_rollout_ref.rollout.temperature={spec['temperature']}",
@@ -246,7 +276,7 @@ def gradient_sign_command(directory: Path, policy: Path) -> list[str]:
         f"trainer.default_local_dir={directory / 'checkpoints'}",
         "trainer.logger=[console,file]",
         f"trainer.rollout_data_dir={directory / 'rollouts'}",
-    ]
+    )
 
 
 SLOW_RUNS: dict[str, str] = {}
@@ -330,7 +360,10 @@ class Pool:
             directory = root / "visionthink_vllm"
             directory.mkdir(parents=True, exist_ok=True)
             policy = self.warmups.path("visionthink", size="small")
-            return [*recipe_command("visionthink", directory, self.judge.base_url, policy), "cluster=cpu_vllm"], directory
+            # DAPO filtering is the HF step's to test (recipe:visionthink): the small policy's two groups scored
+            # [1.5, 1.5] and [0.5, 0.5] in the last runs, which filtering would refill up to its cap on vLLM's CPU
+            return [*recipe_command("visionthink", directory, self.judge.base_url, policy), "cluster=cpu_vllm",
+                    "algorithm.filter_groups.enable=false"], directory
 
         def gradient_sign() -> tuple[list[str], Path]:
             """GRPO on one prompt group, repeated: tests/e2e/test_gradient_sign.py."""
@@ -354,17 +387,45 @@ class Pool:
             directory.mkdir(parents=True, exist_ok=True)
             rows = write_parquet(directory / "rows.parquet", 2, seed=3)
             tools = "${visionr3.config:tools/crop_zoom_qwen3.yaml}"
-            return [
-                VISIONR3, "train", "--config-name", "cpu_demo",
-                f"actor_rollout_ref.model.path={tiny_model_dir('qwen3_vl')}",
-                f"data.train_files={rows}", f"data.val_files={rows}",
+            return cpu_demo_command(
+                tiny_model_dir("qwen3_vl"), rows,
                 f"actor_rollout_ref.rollout.multi_turn.tool_config_path={tools}",
                 "data.max_response_length=192", "actor_rollout_ref.rollout.n=2",
                 f"reward.custom_reward_function.path={Path(__file__).with_name('text_digest_reward.py')}",
                 "reward.custom_reward_function.name=compute_score",
                 "trainer.total_training_steps=1", "trainer.save_freq=-1",
                 "trainer.logger=[console,file]", f"trainer.rollout_data_dir={directory / 'rollouts'}",
-            ], directory
+            ), directory
+
+        def filter_groups_bound() -> tuple[list[str], Path]:
+            """DAPO filtering with every group scoring alike (tests/e2e/constant_reward.py) and
+            ``max_num_gen_batches=2`` (tests/e2e/test_filter_groups.py): the run must stop, naming the setting, after
+            its second generation batch. The untrained tiny model and short responses: only the count matters."""
+            directory = root / "filter_groups_bound"
+            directory.mkdir(parents=True, exist_ok=True)
+            rows = write_parquet(directory / "rows.parquet", 4, seed=9)
+            return cpu_demo_command(
+                tiny_model_dir("qwen2_5_vl"), rows,
+                "data.max_response_length=48", "actor_rollout_ref.rollout.n=2",
+                f"reward.custom_reward_function.path={Path(__file__).with_name('constant_reward.py')}",
+                "reward.custom_reward_function.name=compute_score",
+                "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=reward",
+                "algorithm.filter_groups.max_num_gen_batches=2",
+                "trainer.total_training_steps=1", "trainer.save_freq=-1", "trainer.logger=[console,file]",
+            ), directory
+
+        def bad_data() -> tuple[list[str], Path]:
+            """A training set with rows that cannot train (tests/e2e/test_bad_data.py, :func:`bad_rows`): the build
+            skips and counts two (``data.skip_bad_rows``), the trainer the one whose pixels do not decode."""
+            directory = root / "bad_data"
+            directory.mkdir(parents=True, exist_ok=True)
+            rows = bad_rows(directory / "rows.parquet")
+            return cpu_demo_command(
+                tiny_model_dir("qwen2_5_vl"), rows, "data.shuffle=false",
+                "data.skip_bad_rows=true", "data.max_response_length=48", "actor_rollout_ref.rollout.n=2",
+                "trainer.total_training_steps=1", "trainer.save_freq=-1", "trainer.logger=[console,file]",
+                f"trainer.rollout_data_dir={directory / 'rollouts'}",
+            ), directory
 
         def two_nodes() -> tuple[list[str], Path]:
             """The two-node drill (tests/e2e/test_two_nodes.py): a two-node Ray cluster and its trainers, alone."""
@@ -385,7 +446,8 @@ class Pool:
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
         jobs = [("demo", demo), ("gradient_sign", gradient_sign), *((f"recipe:{name}", recipe(name)) for name in order),
-                ("qwen3_vl", qwen3_vl), ("resume", resume), ("two_nodes", two_nodes), ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm),
+                ("qwen3_vl", qwen3_vl), ("filter_groups_bound", filter_groups_bound), ("bad_data", bad_data),
+                ("resume", resume), ("two_nodes", two_nodes), ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm),
                 ("visionthink:vllm", visionthink_vllm)]
         jobs = [job for job in jobs if job[0] not in self.skip]
         only = os.environ.get("VISIONR3_E2E_ONLY")  # a developer's shortcut (docs/development.md); CI runs them all

@@ -151,6 +151,11 @@ def test_visionthink_resizes_from_the_low_resolution_view_and_shapes_the_scores(
     assert step["visionr3/shaping/apply_ratio_penalty/mean"] == pytest.approx(np.mean(penalties))
     assert step["visionr3/shaping/penalised_rate"] == pytest.approx(np.mean([p > 0 for p in penalties]))
     assert "visionr3/shaping/direct_answer_ratio/mean" in step
+    # the recipe's DAPO filtering (verl's, with the cap visionr3 honours): every group trained on has reward variance
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(row["reward_score"])
+    assert len(groups) == 2 and all(len(set(scores)) > 1 for scores in groups.values()), groups
 
 
 def test_vlm_r3_writes_inline_boxes_and_gets_the_crop_in_the_same_turn(finished, batch_image_oracle):

@@ -65,15 +65,18 @@ def test_resume_continues_step_counter_data_and_weights(drill):
 
 
 def test_kill_while_saving_leaves_a_complete_checkpoint(drill):
-    """B was killed the moment step 4's folder appeared. Whatever the pointer named then is a complete checkpoint
-    (normally step 2: the save had not finished), and resuming trusts it without a repair."""
+    """B's whole Ray session was killed the moment step 4's folder appeared. Nothing wrote the pointer afterwards;
+    whatever it named is a complete checkpoint (normally step 2: the save had not finished), and C resumed from it
+    without a repair: steps 3 and 4 after step 2, none after step 4."""
     second = drill["by_name"]["B"]
-    assert second.get("killed") and second["returncode"] == -9
+    assert second.get("killed") and second["returncode"] == -9 and second["session_killed"] > 0
     assert 4 in second["folders_at_kill"]
     pointer = second["tracker_at_kill"]
     assert pointer in (2, 4)
+    assert second["tracker_after"] == pointer
     third = drill["by_name"]["C"]
     assert third["steps"] == ([3, 4] if pointer == 2 else [])
+    assert "the newest complete checkpoint" not in Path(third["log"]).read_text(errors="replace")  # no repair
     assert second["orphans"] == []
 
 

@@ -1,7 +1,8 @@
 """verl's trainer across two Ray nodes on one machine (the two-node drill, :mod:`visionr3.testing.two_nodes_drill`).
 
 A head and a worker node (separate ``ray start`` processes, token auth, one logical GPU each), FSDP2 over two ranks
-with the reference model on, the two-shard checkpoint merged, and the worker node's raylet killed mid-step."""
+with the reference model on, submitted as a Ray job and followed, the two-shard checkpoint merged, a job stopped, and
+the worker node's raylet killed mid-step."""
 
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ def drill(e2e_runs) -> dict:
 
 
 def test_trains_with_one_rank_on_each_node(drill):
-    """Both nodes came up; the 2-step run finished; Ray placed the two trainer workers on different nodes, and each
+    """Both nodes came up; the 2-step job (``visionr3 submit``) succeeded and ``visionr3 job logs --follow`` showed
+    both steps as verl's console logger printed them; Ray placed the two trainer workers on different nodes, and each
     rollout server (verl's replica per rank) on a node of its own."""
     assert drill["nodes_up"] == 2
     train = drill["train"]
-    assert train["returncode"] == 0, open(train["log"]).read()[-4000:]
+    assert train["submit"]["returncode"] == 0, train["submit"]["output"]
+    followed = open(train["log"]).read()
+    assert f"{train['job_id']} SUCCEEDED" in train["status"], (train["status"], followed[-4000:])
+    assert "step:1 - " in followed and "step:2 - " in followed, followed[-4000:]
     assert sorted(map(int, train["metrics"])) == [1, 2]  # JSON keys
     placement = drill["placement"]
     assert "error" not in placement, placement
@@ -68,14 +73,28 @@ def test_merge_of_two_shards_and_a_missing_one(drill):
     assert "model_world_size_2_rank_1.pt" in refused["stderr"] and "Traceback" not in refused["stderr"]
 
 
+def test_job_stop_stops_a_training_job_and_leaves_no_actor(drill):
+    """A 4-step job resumed from step 2 and was stopped with ``visionr3 job stop`` while step 3 generated: the job is
+    STOPPED, it logged no step, and no Ray actor of any job is alive afterwards (trainer workers, rollout servers,
+    agent-loop workers, TransferQueue all gone)."""
+    stopped = drill["stopped"]
+    assert stopped["submit"]["returncode"] == 0, stopped["submit"]["output"]
+    assert stopped.get("stop", {}).get("returncode") == 0, stopped
+    assert f"{stopped['job_id']} STOPPED" in stopped["status"], stopped["status"]
+    assert stopped["metrics"] == {}
+    assert stopped["alive_actors"] == [], stopped["alive_actors"]
+
+
 def test_losing_the_worker_node_ends_the_run_and_it_resumes(drill):
     """The worker node's raylet, SIGKILLed during step 3, takes that node's rank and rollout server with it: the
-    driver exits with an error instead of hanging, and the same command on a restarted cluster resumes from step 2
-    (steps 3 and 4, not 1) and finishes."""
+    driver exits with an error that says a node was lost (ours when the kill landed in rollout, where verl would poll
+    for ever; Ray's dead-actor error in a worker call) instead of hanging, and the same command on a restarted cluster
+    resumes from step 2 (steps 3 and 4, not 1) and finishes."""
     killed = drill["killed"]
     assert killed.get("raylet"), killed
     assert not killed.get("hung"), open(killed["log"]).read()[-4000:]
     assert killed["returncode"] != 0
+    assert killed["node_lost_error"] or killed["actor_died_error"], open(killed["log"]).read()[-4000:]
     resumed = drill["resumed"]
     assert resumed["returncode"] == 0, open(resumed["log"]).read()[-4000:]
     assert sorted(map(int, resumed["metrics"])) == [3, 4]

@@ -243,6 +243,9 @@ class VisionAgentLoop(ToolAgentLoop):
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         self._stats = TrajectoryStats()
         self._sources = original_images(list(kwargs["raw_prompt"]))
+        info = kwargs.get("extra_info") or {}
+        self._row_name = kwargs.get("visionr3_row") or (  # VisionRLDataset's <file> row <n>
+            f"data_source {kwargs.get('data_source')!r}, extra_info.index {info.get('index')!r}")
         output = await super().run(sampling_params, **kwargs)
         images = output.multi_modal_data.get("images") or []
         stats = asdict(self._stats)
@@ -296,7 +299,14 @@ class VisionAgentLoop(ToolAgentLoop):
         return {**fields, SELF_ANSWER: answer, SELF_ANSWER_TOKENS: len(result.token_ids)}
 
     async def process_multi_modal_info(self, messages: list[dict]) -> dict:
-        data = await super().process_multi_modal_info(messages)
+        try:
+            data = await super().process_multi_modal_info(messages)
+        except Exception as exc:
+            # the trainer decodes every prompt image before rollout (VisionR3SyncTrainer._fetch_one_gen_batch), so
+            # this is a processor's refusal or a loop run outside it (eval); the prompt's group fails (verl: status
+            # "failure") and the replay buffer replaces it (NOTE.md, "visionr3_sync and verl's buffers")
+            raise ValueError(f"the row's image cannot be decoded ({getattr(self, '_row_name', 'row unknown')}): "
+                             f"{type(exc).__name__}: {exc}") from exc
         images = data.get("images")
         if images:
             self._full_sizes = [image.size for image in images]

@@ -64,6 +64,9 @@ class LocalCluster:
     def _node_env(self) -> dict[str, str]:
         return {
             **os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            MARKER: str(self.directory),
+            # a job's entrypoint runs `python3 -m visionr3.cli ...` on the head: this interpreter's
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "RAY_USAGE_STATS_ENABLED": "0",
             # a loaded 2-core machine can take longer than Ray's default to register a node's agents
             "RAY_agent_register_timeout_ms": "600000",
@@ -157,10 +160,11 @@ class LocalCluster:
         return None
 
     def processes(self) -> list[int]:
-        """Every live process of this cluster: the nodes, their children, and workers naming the folder."""
+        """Every live process of this cluster: the nodes, everything they started (:data:`MARKER`, which finds a
+        worker whose node's raylet is gone), and any process naming the folder."""
         import psutil
 
-        found = set()
+        found = set(marked_processes(str(self.directory)))
         ours = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}  # `... local down DIR` itself
         for process in psutil.process_iter(["pid", "cmdline"]):
             try:
@@ -204,6 +208,27 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+MARKER = "VISIONR3_RAY_SESSION"
+"""An environment variable a Ray session's first process carries (a ``ray start`` node here, a driver in the resume
+drill): everything that session starts inherits it — raylet, GCS, agents, and the workers, whose command lines Ray
+rewrites (``ray::WorkerDict``) and which outlive a killed raylet for seconds, reparented away from the node's tree."""
+
+
+def marked_processes(value: str, name: str = MARKER) -> list[int]:
+    """Live processes (zombies excluded) whose environment holds ``name=value``, this process excepted."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def _alive(pid: int) -> bool:

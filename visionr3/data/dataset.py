@@ -27,6 +27,7 @@ import json
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,9 @@ import torch
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from visionr3.processing import fetched_size, image_size, process_vision_info, seen_size
+
+ROW_FIELD = "visionr3_row"
+"""The field :meth:`VisionRLDataset.__getitem__` adds to a row: where it came from (``<file> row <n>``)."""
 
 PROMPT_LENGTHS_VERSION = 1
 """Bump when :meth:`VisionRLDataset.prompt_lengths` counts differently: cached lengths of another version are ignored."""
@@ -93,10 +97,14 @@ class VisionRLDataset(RLHFDataset):
         processors that do not expand one image token per merged patch (anything but the Qwen-VL family).
         """
         dataframe = lazy_images(dataframe, self.image_key)
+        skip = bool(_config_get(self.config, "skip_bad_rows"))
+        bad: dict[int, str] | None = {} if skip else None
+        self.skipped_rows = 0
+        self._check_ground_truths(dataframe, bad)
         if not self.filter_overlong_prompts:
-            return dataframe
+            return self._drop_bad_rows(dataframe, bad)
         if not self._counts_without_pixels(dataframe):
-            return super().maybe_filter_out_long_prompts(dataframe)
+            return super().maybe_filter_out_long_prompts(self._drop_bad_rows(dataframe, bad))
         cache = self._lengths_cache_path(dataframe)
         lengths = _read_lengths(cache, len(dataframe))
         if lengths is None:
@@ -104,14 +112,93 @@ class VisionRLDataset(RLHFDataset):
             if mismatch:
                 print(f"visionr3: counting image tokens from sizes disagrees with the processor ({mismatch}); "
                       "using verl's filter, which decodes every image")
-                return super().maybe_filter_out_long_prompts(dataframe)
-            lengths = self.prompt_lengths(dataframe)
-            _write_lengths(cache, lengths)
+                return super().maybe_filter_out_long_prompts(self._drop_bad_rows(dataframe, bad))
+            lengths = self.prompt_lengths(dataframe, bad=bad)
+            if not bad:  # a bad row's length is a stand-in: only a clean count is reused
+                _write_lengths(cache, lengths)
         keep = np.flatnonzero(lengths <= self.max_prompt_length)
+        if bad:
+            keep = np.setdiff1d(keep, np.fromiter(bad, dtype=np.int64))
+            self._report_skipped(bad, len(dataframe))
         if len(keep) < len(dataframe):
             dataframe = dataframe.select(keep)
+            self._kept_rows = keep
         print(f"filter dataset len: {len(dataframe)}")
         return dataframe
+
+    # -- rows that cannot train: named, or skipped and counted (data.skip_bad_rows) ---------------------------------
+
+    def _bad_row(self, bad: dict[int, str] | None, row: int, field: str, exc: BaseException) -> None:
+        """Raise :meth:`_row_error` for ``row``, or record it in ``bad`` when skipping (its first fault only)."""
+        error = self._row_error(row, field, exc)
+        if bad is None:
+            raise error from exc
+        bad.setdefault(row, str(error))
+
+    def _check_ground_truths(self, dataframe, bad: dict[int, str] | None) -> None:
+        """Every row has a ground truth the reward can read: ``reward_model.ground_truth`` a non-empty string, a
+        number, or a list of them (alternatives). verl's reward path reads it unchecked and our graders turn a
+        missing one into "" — every sample of that prompt would score 0, a silent loss of signal."""
+        if "reward_model" not in dataframe.column_names:
+            raise ValueError(f"{', '.join(map(str, self.data_files))}: no 'reward_model' column: every row needs "
+                             "reward_model.ground_truth (docs/data.md)")
+        start = 0
+        for table in dataframe.with_format("arrow").select_columns(["reward_model"]).iter(batch_size=4096):
+            for offset, value in enumerate(table.column("reward_model").to_pylist()):
+                problem = _ground_truth_problem(value)
+                if problem is not None:
+                    self._bad_row(bad, start + offset, "reward_model.ground_truth", ValueError(problem))
+            start += table.num_rows
+
+    def _drop_bad_rows(self, dataframe, bad: dict[int, str] | None):
+        if not bad:
+            return dataframe
+        self._report_skipped(bad, len(dataframe))
+        self._kept_rows = np.setdiff1d(np.arange(len(dataframe)), np.fromiter(bad, dtype=np.int64))
+        return dataframe.select(self._kept_rows)
+
+    # -- where a row came from, for errors found after the build (the trainer's decode check) ---------------------
+
+    def __getitem__(self, item):
+        """verl's row, plus ``visionr3_row``: ``<file> row <n>`` of the data file it came from, which the trainer
+        names when the row's image does not decode (:meth:`VisionR3SyncTrainer._fetch_one_gen_batch`)."""
+        row = super().__getitem__(item)
+        row[ROW_FIELD] = self.source_location(item)
+        return row
+
+    def source_location(self, item: int) -> str:
+        """``<file> row <n>`` of dataset item ``item`` (after the build's filter), from the files' row counts."""
+        kept = getattr(self, "_kept_rows", None)
+        row = int(kept[item]) if kept is not None else int(item)
+        if self.max_samples > 0:
+            return f"row {row} of the {self.max_samples} rows selected (data.max_samples) from {', '.join(map(str, self.data_files))}"
+        for path, count in self._file_rows():
+            if row < count:
+                return f"{path} row {row}"
+            row -= count
+        return f"row {row} of {', '.join(map(str, self.data_files))}"
+
+    def _file_rows(self) -> list[tuple[str, int]]:
+        if getattr(self, "_file_row_counts", None) is None:
+            import pyarrow.parquet as pq
+
+            counts = []
+            for path in map(str, self.data_files):
+                if path.endswith(".parquet"):
+                    counts.append((path, pq.ParquetFile(path).metadata.num_rows))
+                else:
+                    import datasets
+
+                    counts.append((path, len(datasets.load_dataset("json", data_files=path)["train"])))
+            self._file_row_counts = counts
+        return self._file_row_counts
+
+    def _report_skipped(self, bad: dict[int, str], total: int) -> None:
+        self.skipped_rows = len(bad)
+        shown = "; ".join(bad[row] for row in sorted(bad)[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        print(f"visionr3: skipped {len(bad)} bad row(s) of {total} (data.skip_bad_rows=true): {shown}{more}",
+              flush=True)
 
     def _counts_without_pixels(self, dataframe) -> bool:
         processor = self.processor
@@ -124,11 +211,13 @@ class VisionRLDataset(RLHFDataset):
             and not {self.video_key, self.audio_key} & set(dataframe.column_names)
         )
 
-    def prompt_lengths(self, dataframe, batch_size: int = 1024) -> np.ndarray:
+    def prompt_lengths(self, dataframe, batch_size: int = 1024, bad: dict[int, str] | None = None) -> np.ndarray:
         """Prompt tokens of every row of ``dataframe`` as verl's filter counts them; no image is decoded.
 
         Raises ValueError naming the data file, the row and the field of a row that cannot be read (verl's filter
-        would print a traceback and drop it, shrinking the training set without a word).
+        would print a traceback and drop it, shrinking the training set without a word): an image whose header is
+        unreadable, over PIL's decompression-bomb limit, or too thin for the processor (aspect ratio over 200). With
+        ``bad`` (a dict) such rows are recorded there instead, with a length of 0.
         """
         from tqdm import tqdm
 
@@ -157,7 +246,10 @@ class VisionRLDataset(RLHFDataset):
                         processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **apply_kwargs)
                     )
                 except Exception as exc:  # noqa: BLE001 - whatever verl or the template raise, name the row
-                    raise self._row_error(row, self.prompt_key, exc) from exc
+                    self._bad_row(bad, row, self.prompt_key, exc)
+                    texts.append("")
+                    image_tokens.append((0, None))
+                    continue
                 count = 0
                 for k, image in enumerate(row_images):
                     try:
@@ -166,14 +258,17 @@ class VisionRLDataset(RLHFDataset):
                             tokens_at[size] = self._tokens_at(size)
                         count += tokens_at[size]
                     except Exception as exc:  # noqa: BLE001
-                        raise self._row_error(row, f"{self.image_key}[{k}]", exc) from exc
+                        self._bad_row(bad, row, f"{self.image_key}[{k}]", exc)
                 image_tokens.append((count, len(row_images)))
             ids = tokenizer(texts, return_attention_mask=False)["input_ids"]
             for offset, (row_ids, (count, n_images)) in enumerate(zip(ids, image_tokens)):
+                if bad is not None and start + offset in bad:
+                    lengths[start + offset] = 0
+                    continue
                 placeholders = row_ids.count(image_token_id)
                 if placeholders != n_images:
                     message = f"the prompt renders {placeholders} {processor.image_token} for {n_images} image(s)"
-                    raise self._row_error(start + offset, self.prompt_key, ValueError(message))
+                    self._bad_row(bad, start + offset, self.prompt_key, ValueError(message))
                 lengths[start + offset] = len(row_ids) - placeholders + count
             start += len(prompts)
             bar.update(len(prompts))
@@ -278,10 +373,62 @@ class VisionRLDataset(RLHFDataset):
 
 
 def _stored_image_size(image: Any) -> tuple[int, int]:
-    """Original ``(width, height)`` of one entry of a row's images (an image dict, a path or a PIL image)."""
+    """Original ``(width, height)`` of one entry of a row's images (an image dict, a path or a PIL image). Raises for
+    an image over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``): PIL itself only warns below twice
+    the limit, and the agent loop would decode it whole."""
+    from PIL import Image
+
     if not isinstance(image, (Mapping, str, os.PathLike)) and not hasattr(image, "size"):
         raise TypeError(f"image must be dict, PIL.Image, or path-like, unsupported image type: {type(image)}")
-    return image_size(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        width, height = image_size(image)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise ValueError(f"{width}x{height} is {width * height} pixels, over PIL's decompression-bomb limit "
+                         f"(PIL.Image.MAX_IMAGE_PIXELS = {limit}): downscale it before training")
+    return width, height
+
+
+def undecodable_image(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """``"images[k]: <error>"`` for the first image of a row's ``raw_prompt`` whose pixels do not decode, else None.
+    Decodes each image in place (PIL keeps the pixels), which verl does next anyway when it serialises the batch."""
+    from PIL import Image
+
+    from visionr3.processing import open_image
+
+    k = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, Mapping) or part.get("type") != "image":
+                continue
+            try:
+                image = part.get("image")
+                if isinstance(image, Image.Image):
+                    image.load()
+                else:
+                    open_image(part).load()
+            except Exception as exc:  # noqa: BLE001 - any decoder error is this row's fault
+                return f"images[{k}]: {type(exc).__name__}: {exc}"
+            k += 1
+    return None
+
+
+def _ground_truth_problem(reward_model: Any) -> str | None:
+    """Why a row's ``reward_model`` gives no usable ground truth, or None when it does."""
+    if not isinstance(reward_model, Mapping):
+        return f"reward_model is {type(reward_model).__name__}, not a dict with a ground_truth"
+    if "ground_truth" not in reward_model or reward_model["ground_truth"] is None:
+        return "missing"
+    value = reward_model["ground_truth"]
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            return f"{type(item).__name__} {item!r:.60}, not a string, a number or a list of them"
+    if not any(str(item).strip() for item in items):
+        return "empty"
+    return None
 
 
 def _read_lengths(path: str | None, rows: int) -> np.ndarray | None:

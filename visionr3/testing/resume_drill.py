@@ -7,18 +7,22 @@ Three ``visionr3 train --config-name cpu_demo`` runs on one checkpoint root (4 s
 
 A. killed (``kill -9`` of the driver, the ``visionr3 train`` process) during step 3, once step 2's checkpoint is on
    disk;
-B. the same command again (``trainer.resume_mode=auto``, verl's default): it resumes, and is killed the moment step 4's
-   checkpoint folder appears, i.e. while it is being saved;
+B. the same command again (``trainer.resume_mode=auto``, verl's default): it resumes, and the moment step 4's
+   checkpoint folder appears, i.e. while it is being saved, the driver and every process of its Ray session (raylet,
+   GCS, the trainer's actor, the workers) are SIGKILLed at once, as a pre-empted machine loses them. Killing the
+   driver alone is not enough here: Ray needs seconds to tear the session down, and in that time the trainer's actor
+   finished the save (CI, 2026-12-07);
 C. the same command once more: it resumes from what the pointer names after that kill and finishes.
 
 After each kill the drill waits for every process of that run's Ray session to exit (Ray ties its local cluster to the
 driver) and records any that did not as orphans. ``DIR/drill.json`` records, per run, its exit, the step it was killed
-in, the pointer at the kill, its metrics and dump folders; tests/e2e/test_resume.py reads it and checks what resumed.
+in, the pointer at the kill and once its processes were gone, its metrics and dump folders; tests/e2e/test_resume.py reads it and checks what resumed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -57,17 +61,12 @@ def logged_steps(metrics: Path) -> list[int]:
 
 
 def session_processes(temp_dir: Path) -> list[int]:
-    """PIDs of live processes whose command line names this run's Ray temp dir (raylet, GCS, workers)."""
-    import psutil
+    """PIDs of the live processes of this run's Ray session: the driver and all it started (raylet, GCS, agents,
+    workers), found by the environment marker the driver was started with (:func:`visionr3.cluster.local.
+    marked_processes`: Ray renames its workers, so their command lines do not name the session)."""
+    from visionr3.cluster.local import marked_processes
 
-    mine = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(str(temp_dir) in part for part in process.info["cmdline"] or ()):
-                mine.append(process.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return mine
+    return marked_processes(str(temp_dir))
 
 
 def wait_orphans(temp_dir: Path, seconds: float = 90) -> list[int]:
@@ -93,10 +92,11 @@ miss a fixed 15 s deadline to report its ports (visionr3.cluster.local). Environ
 drill starts such a run again (three tries)."""
 
 
-def run(name: str, out: Path, command: list[str], kill_when, timeout: float = 1200, tries: int = 3) -> dict:
+def run(name: str, out: Path, command: list[str], kill_when, timeout: float = 1200, tries: int = 3,
+        whole_session: bool = False) -> dict:
     """One run of ``command`` (started again when Ray itself failed to start: :data:`RAY_START_FAILED`)."""
     for attempt in range(1, tries + 1):
-        record = run_once(name, out, command, kill_when, timeout)
+        record = run_once(name, out, command, kill_when, timeout, whole_session)
         if record["returncode"] == 0 or record.get("killed") or RAY_START_FAILED not in Path(record["log"]).read_text(
                 errors="replace"):
             break
@@ -104,8 +104,10 @@ def run(name: str, out: Path, command: list[str], kill_when, timeout: float = 12
     return record
 
 
-def run_once(name: str, out: Path, command: list[str], kill_when, timeout: float) -> dict:
-    """One run of ``command``; ``kill_when(root, metrics)`` is polled every 50 ms and SIGKILLs the driver when true."""
+def run_once(name: str, out: Path, command: list[str], kill_when, timeout: float, whole_session: bool = False) -> dict:
+    """One run of ``command``; ``kill_when(root, metrics)`` is polled every 50 ms and SIGKILLs the driver when true,
+    with ``whole_session`` every process of its Ray session too (their PIDs are listed every 2 s beforehand, so the
+    kill is one burst of signals)."""
     from visionr3.train import checkpoints
 
     directory = out / name
@@ -114,7 +116,9 @@ def run_once(name: str, out: Path, command: list[str], kill_when, timeout: float
     metrics = directory / "metrics.jsonl"
     command = [*command, f"trainer.rollout_data_dir={directory / 'rollouts'}",
                f"+ray_kwargs.ray_init._temp_dir={temp_dir}"]
-    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics),
+    from visionr3.cluster.local import MARKER
+
+    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics), MARKER: str(temp_dir),
            # the raylet waits 15 s (Ray's default) for its dashboard agent's ports, which a loaded 2-core machine
            # missed ("Timed out waiting for file .../metrics_agent_port_...", the raylet exits)
            "RAY_agent_register_timeout_ms": "600000"}
@@ -124,12 +128,19 @@ def run_once(name: str, out: Path, command: list[str], kill_when, timeout: float
     with open(log, "w") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=directory, env=env)
     root = out / "checkpoints"
+    session, listed = [], 0.0
     while process.poll() is None and time.monotonic() - started < timeout:
+        if whole_session and time.monotonic() - listed > 2:
+            session, listed = session_processes(temp_dir), time.monotonic()
         if kill_when is not None and kill_when(root, metrics):
+            process.send_signal(signal.SIGKILL)
+            for pid in session:  # the driver is one of them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             record["tracker_at_kill"] = checkpoints.read_tracker(root)
             record["folders_at_kill"] = sorted(checkpoints.step_folders(root))
-            process.send_signal(signal.SIGKILL)
             record["killed"] = True
+            record["session_killed"] = len(session)
             break
         time.sleep(0.05)
     else:
@@ -140,6 +151,7 @@ def run_once(name: str, out: Path, command: list[str], kill_when, timeout: float
     record["seconds"] = round(time.monotonic() - started, 1)
     record["steps"] = logged_steps(metrics)
     record["orphans"] = wait_orphans(temp_dir)
+    record["tracker_after"] = checkpoints.read_tracker(root)
     return record
 
 
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     command = train_command(out, args.policy, rows)
     runs = [run("A", out, command, in_step_3)]
     if runs[-1].get("killed"):
-        runs.append(run("B", out, command, saving_step_4))
+        runs.append(run("B", out, command, saving_step_4, whole_session=True))
     if runs[-1].get("killed"):
         runs.append(run("C", out, command, None))
     (out / "drill.json").write_text(json.dumps({"command": command, "rows": str(rows), "runs": runs}, indent=1))

@@ -4,15 +4,19 @@
 
 1. :class:`~visionr3.cluster.local.LocalCluster` starts a head and a worker node (separate ``ray start`` processes
    on 127.0.0.1, token auth, one logical GPU each).
-2. ``visionr3 train --config-name cpu_demo cluster=cpu_2nodes``: 2 GRPO steps, FSDP2 over two ranks (one per node),
-   the reference model on (KL loss), the HF rollout replicas where verl places them, step 2 saved.
+2. ``visionr3 submit --config-name cpu_demo -- cluster=cpu_2nodes ...`` to the head's job API, followed with
+   ``visionr3 job logs --follow``: 2 GRPO steps, FSDP2 over two ranks (one per node), the reference model on (KL
+   loss), the HF rollout replicas where verl places them, step 2 saved; the job SUCCEEDED.
 3. Where Ray ran each trainer worker and rollout server (Ray's state API: node ids), and how many parameters each
    rank's checkpoint shard holds.
 4. ``visionr3 merge`` of the two-shard checkpoint (its own tensor check), and of a copy missing rank 1's shard.
-5. A second run (``trainer.total_training_steps=4``) resumes from step 2 across the nodes, and the worker node's
-   raylet is killed (SIGKILL) during its step 3. The driver must exit rather than hang; the cluster is restarted and
+5. The same as a 4-step job, which resumes from step 2 and is stopped with ``visionr3 job stop`` while step 3
+   generates: the job is STOPPED and no Ray actor outlives it.
+6. A run (``trainer.total_training_steps=4``) resumes from step 2 across the nodes, and the worker node's
+   raylet is killed (SIGKILL) during its step 3. The driver must exit rather than hang (a kill in rollout is caught by
+   :mod:`visionr3.cluster.liveness`, one in a worker call by Ray); the cluster is restarted and
    the same command resumes from step 2 again and finishes.
-6. The cluster is stopped; any process of it still alive is recorded as an orphan.
+7. The cluster is stopped; any process of it still alive is recorded as an orphan.
 
 ``DIR/drill.json`` holds what tests/e2e/test_two_nodes.py checks.
 """
@@ -54,8 +58,12 @@ print(json.dumps(out))
 
 
 def train_command(out: Path, policy: Path, rows: Path, steps: int, name: str) -> list[str]:
+    return [VISIONR3, "train", "--config-name", "cpu_demo", *train_overrides(out, policy, rows, steps, name)]
+
+
+def train_overrides(out: Path, policy: Path, rows: Path, steps: int, name: str) -> list[str]:
     return [
-        VISIONR3, "train", "--config-name", "cpu_demo", "cluster=cpu_2nodes",
+        "cluster=cpu_2nodes",
         f"actor_rollout_ref.model.path={policy}",
         f"data.train_files={rows}", f"data.val_files={rows}",
         "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
@@ -115,19 +123,93 @@ def train(cluster, out: Path, command: list[str], name: str, kill_when=None, tim
     record["metrics"] = metrics(path)
     if "killed_at" in record:
         record["exit_after_kill_s"] = round(record["seconds"] - record["killed_at"], 1)
+        record.update(python(TRAINER_NODE, env=env))  # the latest TaskRunner's node: ALIVE (head) or DEAD (killed)
+        text = log.read_text(errors="replace")
+        record["node_lost_error"] = "Ray lost a node that held this run's workers" in text  # in rollout
+        record["actor_died_error"] = "ActorDiedError" in text or "ActorUnavailableError" in text  # in a worker call
     return record
 
 
-class InStep:
-    """True ``seconds`` after the driver's log shows verl's training loop started (its tqdm bar): the resumed run is
-    then inside step 3 (generation or update)."""
+TRAINER_NODE = """
+import json, ray
+from ray.util.state import list_actors, list_nodes
+ray.init(logging_level="ERROR", log_to_driver=False)
+states = {n.node_id: n.state for n in list_nodes(limit=100)}
+runners = sorted((a.job_id, a.node_id) for a in list_actors(filters=[("class_name", "=", "TaskRunnerV1")], limit=100))
+print(json.dumps({"trainer_node_state": states.get(runners[-1][1]) if runners else None}))  # the latest job's
+"""
+"""Whether the trainer's own actor (verl's TaskRunner, placed by Ray on either node) was on the node the drill
+killed: then the driver loses it at once; otherwise the trainer itself must notice the lost node."""
+
+ALIVE_ACTORS = """
+import json, ray
+from ray.util.state import list_actors
+ray.init(logging_level="ERROR", log_to_driver=False)
+alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+print(json.dumps({"alive": [{"class": a.class_name, "job": a.job_id} for a in alive]}))
+"""
+
+
+def job(cluster, out: Path, overrides: list[str], name: str, stop_when=None, timeout: float = 1500) -> dict:
+    """``visionr3 submit`` of ``visionr3 train --config-name cpu_demo <overrides>`` to the cluster's job API, its
+    logs followed with ``visionr3 job logs --follow`` (what the test reads: the steps as the console logger printed
+    them), stopped with ``visionr3 job stop`` when ``stop_when(log)`` is true; then its status, and the Ray actors
+    still alive afterwards (a stopped job must leave none)."""
+    directory = out / name
+    directory.mkdir(parents=True, exist_ok=True)
+    env, address = cluster.client_env(), ["--address", cluster.dashboard_url]
+    job_id = f"vr3-{name}-{os.getpid()}"
+    record: dict = {"job_id": job_id, "log": str(directory / "job.log")}
+    started = time.monotonic()
+    submitted = subprocess.run([VISIONR3, "submit", *address, "--no-wait", "--no-working-dir", "--job-id", job_id,
+                                "--config-name", "cpu_demo", "--", *overrides], env=env, capture_output=True,
+                               text=True, timeout=300)
+    record["submit"] = {"returncode": submitted.returncode, "output": (submitted.stdout + submitted.stderr)[-3000:]}
+    if submitted.returncode != 0:
+        return record
+    log = directory / "job.log"
+    with open(log, "w") as stream:
+        follow = subprocess.Popen([VISIONR3, "job", "logs", "--follow", job_id, *address], env=env, stdout=stream,
+                                  stderr=subprocess.STDOUT)
+    while follow.poll() is None and time.monotonic() - started < timeout:
+        if stop_when is not None and "stop" not in record and stop_when(log):
+            stopped = subprocess.run([VISIONR3, "job", "stop", job_id, *address], env=env, capture_output=True,
+                                     text=True, timeout=300)
+            record["stop"] = {"returncode": stopped.returncode, "output": (stopped.stdout + stopped.stderr)[-2000:],
+                              "at_s": round(time.monotonic() - started, 1)}
+        time.sleep(0.5)
+    if follow.poll() is None:
+        record["follow_hung"] = True
+        follow.kill()
+    record["follow_returncode"] = follow.wait()
+    record["seconds"] = round(time.monotonic() - started, 1)
+    status = subprocess.run([VISIONR3, "job", "status", job_id, *address], env=env, capture_output=True, text=True,
+                            timeout=120)
+    record["status"] = (status.stdout + status.stderr).strip()[-500:]
+    for _ in range(60):  # the job's actors go once Ray has torn the job down
+        found = python(ALIVE_ACTORS, env=env)
+        record["alive_actors"] = found.get("alive", found)  # {"error": ...} when the query failed
+        if not record["alive_actors"]:
+            break
+        time.sleep(2)
+    record["metrics"] = metrics(directory / "metrics.jsonl")
+    return record
+
+
+class InRollout:
+    """True ``seconds`` after the driver's log shows an agent-loop worker at work once verl's training loop started
+    (its tqdm bar): the resumed run is then generating step 3's trajectories, the phase in which verl 0.9.1 would wait
+    for a lost node for ever (:mod:`visionr3.cluster.liveness`). A kill a few seconds earlier, while the trainer hands
+    out the prompts, ends the run through Ray's own error instead."""
 
     def __init__(self, seconds: float):
         self.seconds, self.since = seconds, None
 
     def __call__(self, log: Path) -> bool:
         if self.since is None:
-            if "Training Progress" in log.read_text(errors="replace"):
+            text = log.read_text(errors="replace")
+            start = text.find("Training Progress")
+            if start >= 0 and "(AgentLoopWorkerTQ" in text[start:]:
                 self.since = time.monotonic()
             return False
         return time.monotonic() - self.since > self.seconds
@@ -150,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start()
         report["nodes_up"] = cluster.alive_nodes()
-        report["train"] = train(cluster, out, train_command(out, args.policy, rows, 2, "train"), "train")
+        # 2 steps as a Ray job (visionr3 submit, its logs followed), step 2 saved
+        report["train"] = job(cluster, out, train_overrides(out, args.policy, rows, 2, "train"), "train")
         report["placement"] = python(PLACEMENT, env=cluster.client_env())
         actor_dir = out / "checkpoints" / "global_step_2" / "actor"
         report["shards"] = python(SHARDS, *map(str, sorted(actor_dir.glob("model_world_size_*_rank_*.pt"))))
@@ -163,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         refused = subprocess.run([VISIONR3, "merge", str(broken), str(out / "merged_broken")],
                                  capture_output=True, text=True)
         report["merge_missing_shard"] = {"returncode": refused.returncode, "stderr": refused.stderr[-2000:]}
+        # a job resuming from step 2, stopped with `visionr3 job stop` in its step 3: no actor of it may stay
+        report["stopped"] = job(cluster, out, train_overrides(out, args.policy, rows, 4, "stopped"), "stopped",
+                                stop_when=InRollout(3))
         if not args.no_kill:
             command = train_command(out, args.policy, rows, 4, "killed")
-            report["killed"] = train(cluster, out, command, "killed", kill_when=InStep(8), timeout=900)
+            # 300 s: Ray declares the node dead within ~15 s; the trainer then fails its rollout wait
+            # (visionr3.cluster.liveness) or its next call to the lost rank raises
+            report["killed"] = train(cluster, out, command, "killed", kill_when=InRollout(3), timeout=300)
             report["alive_after_kill"] = cluster.alive_nodes()
             cluster.stop()  # a fresh cluster, as a scheduler would restart the lost node's machine
             cluster = LocalCluster(cluster.directory, nodes=2, gpus_per_node=1)

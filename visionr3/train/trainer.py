@@ -332,6 +332,122 @@ class VisionR3SyncTrainer(PPOTrainerSync):
                 print(f"[visionr3] {warning}", flush=True)
         super()._load_checkpoint()
 
+    # ---- a lost node ends the run (visionr3.cluster.liveness) ---------------------------------------------------
+
+    def _build_replay_buffer(self):
+        """verl's replay buffer, with two bounds verl 0.9.1 lacks on its wait for a batch: it fails the run once a
+        node that held its workers is dead (otherwise it polls for ever: :mod:`visionr3.cluster.liveness`), and it
+        honours ``algorithm.filter_groups.max_num_gen_batches`` (:meth:`_visionr3_bound_refills`)."""
+        from visionr3.cluster.liveness import NodeWatch
+
+        buffer = super()._build_replay_buffer()
+        watch = NodeWatch(self._visionr3_placement_groups, context=lambda: f" (step {self.global_steps}, rollout)")
+        sync = buffer._sync_metadata_from_transfer_queue
+
+        def _sync_metadata_from_transfer_queue():
+            watch.check()
+            return sync()
+
+        buffer._sync_metadata_from_transfer_queue = _sync_metadata_from_transfer_queue
+        self._visionr3_bound_refills(buffer)
+        return buffer
+
+    def _resolve_filter_groups_metric(self):
+        """verl's, without its warning that ``max_num_gen_batches`` is ignored: :meth:`_visionr3_bound_refills`
+        honours it."""
+        from omegaconf import open_dict
+
+        filter_groups = self.config.algorithm.get("filter_groups", None)
+        limit = filter_groups.get("max_num_gen_batches", 0) if filter_groups is not None else 0
+        if not limit:
+            return super()._resolve_filter_groups_metric()
+        with open_dict(filter_groups):
+            filter_groups.max_num_gen_batches = 0
+        try:
+            return super()._resolve_filter_groups_metric()
+        finally:
+            with open_dict(filter_groups):
+                filter_groups.max_num_gen_batches = limit
+
+    def _visionr3_bound_refills(self, buffer) -> None:
+        """DAPO's ``max_num_gen_batches``: a step generates at most that many batches of prompts, counting its first
+        (a batch is the sampled batch size, ``train_batch_size``: verl forces ``data.gen_batch_size`` to 1 under
+        filtering); 0 means no limit. verl 0.9.1's v1 replay buffer ignores the setting (it warns) and refills for as
+        long as groups score alike, so a policy whose groups all score alike never finishes a step.
+
+        The buffer's refill callback counts the prompts one ``sample`` call dispatches and dispatches no more than
+        the limit allows. The buffer's wait for trajectories raises, naming the setting, once the limit is reached,
+        nothing is in flight and the batch is still short (the buffer waits only while it cannot select a batch), as
+        DAPO's and VisionThink's trainers raise."""
+        filter_groups = self.config.algorithm.get("filter_groups", None)
+        if getattr(buffer, "filter_groups_metric", None) is None or filter_groups is None:
+            return
+        limit = int(filter_groups.get("max_num_gen_batches", 0) or 0)
+        if limit <= 0 or getattr(buffer, "refill_fn", None) is None:
+            return
+        refill, sample, wait = buffer.refill_fn, buffer.sample, buffer._wait_for_next_poll
+        state = {"prompts": 0, "batch_size": int(self.config.data.train_batch_size)}
+
+        def remaining() -> int:
+            return (limit - 1) * state["batch_size"] - state["prompts"]
+
+        def counted_sample(global_steps, partition_id, batch_size):
+            state.update(prompts=0, batch_size=batch_size)
+            return sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)
+
+        def bounded_refill(num_prompts):
+            count = min(num_prompts, remaining())
+            if count <= 0:
+                return 0
+            state["prompts"] += count
+            return refill(count)
+
+        def _wait_for_next_poll(partition_id, last_debug_time):
+            in_flight = len(buffer.pending_keys[partition_id]) + len(buffer.running_keys[partition_id])
+            if partition_id != "val" and remaining() <= 0 and in_flight == 0:
+                raise RuntimeError(
+                    f"algorithm.filter_groups.max_num_gen_batches={limit}: step {self.global_steps} generated "
+                    f"{state['batch_size'] + state['prompts']} prompts ({limit} batches of {state['batch_size']}) and "
+                    f"fewer than {state['batch_size']} of their groups had a {filter_groups.get('metric')!r} that "
+                    f"differs between samples (DAPO filtering drops the rest). The data may be too hard or too easy "
+                    f"for this policy; raise the setting, or set it to 0 for no limit.")
+            return wait(partition_id, last_debug_time)
+
+        buffer.sample, buffer.refill_fn, buffer._wait_for_next_poll = counted_sample, bounded_refill, _wait_for_next_poll
+
+    # ---- a prompt image that does not decode (visionr3.data.dataset) ----------------------------------------------
+
+    def _fetch_one_gen_batch(self):
+        """verl's next prompts, each prompt image decoded first. The dataset build reads only image headers, so a
+        truncated file passes it; verl then decodes the image where it serialises the batch into TransferQueue and the
+        step crashes on an anonymous ``OSError: image file is truncated``. Here such a row raises naming its file, row
+        and image, or with ``data.skip_bad_rows`` is skipped for the next prompt and counted
+        (``visionr3/data/skipped_rows``). In verl's v1 trainer a fetch is one prompt (``data.gen_batch_size`` 1 in
+        this mode: NOTE.md, "visionr3_sync and verl's buffers"); a larger fetch with a bad row is fetched again whole."""
+        from visionr3.data.dataset import ROW_FIELD, undecodable_image
+
+        skip = bool(self.config.data.get("skip_bad_rows", False))
+        for _ in range(len(self.train_dataset) + 1):
+            batch = super()._fetch_one_gen_batch()
+            prompts = batch["raw_prompt"]
+            problems = [(i, problem) for i in range(len(batch)) if (problem := undecodable_image(prompts[i]))]
+            if not problems:
+                return batch
+            i, problem = problems[0]
+            where = batch[ROW_FIELD][i] if ROW_FIELD in batch.keys() else f"data_source {batch['data_source'][i]!r}"
+            field = problem.split(":", 1)[0]
+            message = f"{where}: field '{field}': {problem.split(': ', 1)[1]} (its header is readable: it passed the build)"
+            if not skip:
+                raise ValueError(f"{message}; set data.skip_bad_rows=true to skip such rows")
+            self._visionr3_undecodable_rows = getattr(self, "_visionr3_undecodable_rows", 0) + len(problems)
+            print(f"visionr3: skipped {message} (data.skip_bad_rows=true)", flush=True)
+        raise ValueError("no prompt of the training set has images that decode (data.skip_bad_rows=true skipped all)")
+
+    def _visionr3_placement_groups(self) -> list:
+        manager = getattr(self, "resource_pool_manager", None)
+        pools = manager.resource_pool_dict.values() if manager is not None else ()
+        return [group for pool in pools for group in (getattr(pool, "pgs", None) or ())]
+
     def on_init_end(self):
         super().on_init_end()
         self._visionr3_check_weights("visionr3/weight_sync/initial_")
@@ -348,6 +464,10 @@ class VisionR3SyncTrainer(PPOTrainerSync):
         rows = _rows(data["extra_fields"])
         padding = [tag.get("is_padding", False) for tag in batch.tags]
         metrics.update(aggregate_trajectory_metrics([row for row, pad in zip(rows, padding) if not pad]))
+        # rows data.skip_bad_rows left out: when the training set was built (visionr3.data.dataset), and since
+        # (_fetch_one_gen_batch: images that do not decode)
+        metrics["visionr3/data/skipped_rows"] = (getattr(self.train_dataset, "skipped_rows", 0)
+                                                 + getattr(self, "_visionr3_undecodable_rows", 0))
 
     # ---- rollout dumps (trainer.rollout_data_dir) -------------------------------------------------------------
 
