@@ -1,5 +1,10 @@
-"""visionr3.cluster.liveness: which dead node ends a run. The kill itself is tests/e2e/test_two_nodes.py's drill (the
-worker node's raylet killed during a resumed run's step)."""
+"""visionr3.cluster.liveness: which dead node ends a run — the rules, the watch on a real placement group, and (slow)
+the watch on two real Ray nodes when one is killed. tests/e2e/test_two_nodes.py's drill kills a node under the
+trainer itself."""
+
+from pathlib import Path
+
+import pytest
 
 from visionr3.cluster.liveness import NodeWatch, bundle_nodes, lost_nodes
 
@@ -41,3 +46,56 @@ def test_watch_on_real_placement_groups(ray_cluster):
         watch.check()  # the live node passes
     finally:
         remove_placement_group(group)
+
+
+WATCHER = """
+import sys, time, ray
+from ray.util.placement_group import placement_group
+from visionr3.cluster.liveness import NodeLost, NodeWatch
+ray.init(logging_level="ERROR", log_to_driver=False)
+group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD", name="trainer_like")
+ray.get(group.ready(), timeout=120)
+watch = NodeWatch(lambda: [group], every_s=0, context=lambda: " (step 3, rollout)")
+watch.check()
+print("READY", len(watch.watched), flush=True)
+deadline = time.monotonic() + 180
+while time.monotonic() < deadline:
+    try:
+        watch.check()
+    except NodeLost as lost:
+        print("LOST", lost, flush=True)
+        sys.exit(0)
+    time.sleep(1)
+sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_node_is_named_by_the_watch(tmp_path):
+    """On two real Ray nodes (:class:`visionr3.cluster.local.LocalCluster`), a placement group spread over both, as
+    verl's trainer spreads its ranks: once the worker node's raylet is SIGKILLed, the watch raises within Ray's
+    health-check time, naming that node (the two-node drill's kill does not always land in rollout, NOTE.md)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from visionr3.cluster.local import LocalCluster
+
+    directory = Path(f"/tmp/vr3-lv-{os.getpid()}")  # short: Ray's socket paths must stay under 108 bytes
+    with LocalCluster(directory, nodes=2, gpus_per_node=0, cpus_per_node=2) as cluster:
+        watcher = subprocess.Popen([sys.executable, "-c", WATCHER], env=cluster.client_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in watcher.stdout:  # Ray may log before the watcher's first line
+            seen.append(line)
+            if line.startswith("READY"):
+                break
+        assert seen and seen[-1].startswith("READY 2"), "".join(seen)[-3000:]  # one bundle on each node
+        os.kill(cluster.raylet_pid(1), signal.SIGKILL)
+        output = watcher.communicate(timeout=240)[0]
+        assert watcher.returncode == 0, output[-3000:]
+        assert "LOST Ray lost a node that held this run's workers (step 3, rollout): node " in output, output[-3000:]
+        assert "(placement group trainer_like)" in output and "run the same command" in output
+    shutil.rmtree(directory, ignore_errors=True)
