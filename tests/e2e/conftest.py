@@ -445,9 +445,13 @@ class Pool:
 
         # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
-        jobs = [("demo", demo), ("gradient_sign", gradient_sign), *((f"recipe:{name}", recipe(name)) for name in order),
+        # the long one-slot runs first (demo, gradient_sign, the resume drill's three runs: ~15 min each), so the
+        # short ones fill the second slot at the end instead of one long run holding it alone before the two-slot
+        # runs (CI on b7ea904: the resume drill ran alone for ~15 min there)
+        jobs = [("demo", demo), ("gradient_sign", gradient_sign), ("resume", resume),
+                *((f"recipe:{name}", recipe(name)) for name in order),
                 ("qwen3_vl", qwen3_vl), ("filter_groups_bound", filter_groups_bound), ("bad_data", bad_data),
-                ("resume", resume), ("two_nodes", two_nodes), ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm),
+                ("two_nodes", two_nodes), ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm),
                 ("visionthink:vllm", visionthink_vllm)]
         jobs = [job for job in jobs if job[0] not in self.skip]
         only = os.environ.get("VISIONR3_E2E_ONLY")  # a developer's shortcut (docs/development.md); CI runs them all
