@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,17 @@ VisionThink and VLM-R3 policies garbled every call of a step; after 100, 31 of 3
 inline boxes were valid (the zoom policy's hermes boxes, after its long tools prompt, about 1 in 3).
 tests/e2e/test_recipes_cpu.py says what each test relies on."""
 
+
+JUDGE_FAULTS = {"vlm_r3": "rule", "visionthink": "exclude"}
+"""Recipe runs whose judge fails on purpose (:data:`JUDGE_FAULT_PLAN`, their own loopback server, 2 retries, 10-s
+attempts, every answer judged) with an API key set (:attr:`Pool.api_key`, in the run's environment as a user exports
+it), and the ``on_failure`` their recipe sets: tests/e2e/test_recipes_cpu.py checks the failed samples rule-scored or
+excluded and the key in no file the run wrote. VLM-R3 rather than zoom for ``rule``: its answer is "the <answer> tag,
+else the last line", so each of its trajectories is judged, where the zoom policy closes an answer in ~1 of 4."""
+JUDGE_FAULT_PLAN = (("timeout", "rate_limit", "server_error"), ("rate_limit", "server_error"))
+"""Faults per attempt for the distinct judge requests of a run, in turn (:class:`OpenAIStubServer`'s ``fault_plan``):
+with 2 retries the 1st, 3rd, ... time out, get a 429 with ``Retry-After`` and a 500, and fail; the others get a 429
+and a 500 and are answered on their third attempt."""
 
 ZOOM_RECIPE_LR = 5e-3
 """The zoom step's warm-up lr. With the venv's CUDA build of torch (2026-12-06) the demo's lr 1e-2 left a policy whose
@@ -291,6 +303,10 @@ class Pool:
         self.root = root
         self.skip = skip  # runs whose tests were not selected (SLOW_RUNS)
         self.judge = OpenAIStubServer()
+        self.faulty_judges = {name: OpenAIStubServer(fault_plan=JUDGE_FAULT_PLAN, hang=120, retry_after=1)
+                              for name in JUDGE_FAULTS}
+        self.api_key = f"sk-visionr3-e2e-{secrets.token_hex(16)}"  # a fake key: what matters is where it shows up
+        self.run_env: dict[str, dict[str, str]] = {}  # run -> variables added to its environment
         self.warmups = Warmups(root / "warmups.log")
         self.results: dict[str, Run] = {}
         self.error: BaseException | None = None
@@ -303,6 +319,8 @@ class Pool:
 
     def start(self) -> "Pool":
         self.judge.__enter__()
+        for server in self.faulty_judges.values():
+            server.__enter__()
         self.thread.start()
         return self
 
@@ -439,7 +457,13 @@ class Pool:
                 directory = root / name
                 directory.mkdir(parents=True, exist_ok=True)
                 policy = self.warmups.path(name, lr=ZOOM_RECIPE_LR if name == "zoom" else None)
-                return recipe_command(name, directory, self.judge.base_url, policy), directory
+                if name not in JUDGE_FAULTS:
+                    return recipe_command(name, directory, self.judge.base_url, policy), directory
+                self.run_env[f"recipe:{name}"] = {"OPENAI_API_KEY": self.api_key}
+                command = recipe_command(name, directory, self.faulty_judges[name].base_url, policy)
+                # use=always: VLM-R3's `undecided` never asks about a colour, which the rules always decide
+                return [*command, "visionr3.reward.judge.use=always", "visionr3.reward.judge.max_retries=2",
+                        "visionr3.reward.judge.timeout=10"], directory
 
             return prepare
 
@@ -494,7 +518,8 @@ class Pool:
                     command, directory = prepared
                     directory.mkdir(parents=True, exist_ok=True)
                     log = directory / "run.log"
-                    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(directory / "metrics.jsonl")}
+                    env = {**os.environ, **self.run_env.get(name, {}),
+                           "VERL_FILE_LOGGER_PATH": str(directory / "metrics.jsonl")}
                     if name.startswith("demo"):
                         env.pop("VERL_FILE_LOGGER_PATH")  # the demo names its own metrics file
                     with open(log, "w") as out:
@@ -531,6 +556,8 @@ class Pool:
         self.warmups.close()
         self.thread.join(timeout=30)
         self.judge.__exit__(None, None, None)
+        for server in self.faulty_judges.values():
+            server.__exit__(None, None, None)
 
 
 _POOL: Pool | None = None
@@ -653,11 +680,28 @@ def rollout_dump():
 
 
 @pytest.fixture(scope="session")
-def judge():
-    """The loopback stand-in for a remote judge API (the judged recipes' `visionr3.reward.judge.base_url`)."""
+def judge() -> OpenAIStubServer:
+    """The loopback stand-in for a remote judge API (`visionr3.reward.judge.base_url` of the judged recipes not in
+    :data:`JUDGE_FAULTS`)."""
     if _POOL is None:
         pytest.skip("the e2e pool was not started (no e2e test selected at collection)")
     return _POOL.judge
+
+
+@pytest.fixture(scope="session")
+def faulty_judges() -> dict[str, OpenAIStubServer]:
+    """recipe -> the loopback judge API of its run, which fails on purpose (:data:`JUDGE_FAULTS`)."""
+    if _POOL is None:
+        pytest.skip("the e2e pool was not started (no e2e test selected at collection)")
+    return _POOL.faulty_judges
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """The fake API key in the environment of the :data:`JUDGE_FAULTS` runs."""
+    if _POOL is None:
+        pytest.skip("the e2e pool was not started (no e2e test selected at collection)")
+    return _POOL.api_key
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,10 @@ step's metrics and from verl's rollout dump, which carries what the trainer's ba
   apply-ratio shaping rewriting the scores verl trained on;
 - VLM-R3: bare inline boxes, the crop inserted into the same assistant turn, the gated region reward;
 - Vision-SR1: a description, so the text-only second pass runs, and the visual reward it earns.
+
+The VLM-R3 and VisionThink steps also run against a judge that times out, answers 429 and 500 (tests/e2e/conftest.py
+``JUDGE_FAULTS``), with an API key in their environment: the failed judgements are rule-scored (VLM-R3) or excluded
+from their groups (VisionThink), and the key reaches the judge and no file the run wrote.
 """
 
 import json
@@ -74,16 +78,92 @@ def test_cpu_variant_runs_one_step_on_synced_weights(recipe, finished):
 def test_zoom_calls_the_crop_tool_and_every_answer_is_judged(finished, judge):
     """Relies on the demo's warmed-up policy, which calls the crop tool (it may write a bad box: an error turn) and
     then answers."""
+    from visionr3.reward.formulas import get_formula
+    from visionr3.reward.types import RewardInput
+
     step, rows, _ = finished("zoom")
     assert step["visionr3/tool_call_rate"] > 0, "the warmed-up policy did not call image_zoom_in_tool"
     # every call named the crop tool, or was unparseable (the parser's error call: an error turn, by design)
     assert all(call["name"] in ("image_zoom_in_tool", MALFORMED_CALL) for row in rows for call in row["tool_call_log"])
     assert any(call["name"] == "image_zoom_in_tool" for row in rows for call in row["tool_call_log"])
-    answered = [row for row in rows if re.search(r"<answer>\s*\S.*?</answer>", row["output"], re.S)]  # a judgeable answer
+    formula = get_formula("deepeyes")  # the recipe's: its answer is what the judge is asked about
+    answered = [row for row in rows if (formula.prediction(RewardInput(response=row["output"], ground_truth="")) or "").strip()]
     assert answered, "the warmed-up policy never answered"
     assert step["visionr3/reward/judge_failed/mean"] == 0.0
     assert judge.requests >= len(answered)  # use: always — every answer went to the (loopback) judge
     assert all(row["judged"] == 1.0 for row in answered)
+
+
+def judge_fault_run(recipe: str, on_failure: str, finished, faulty_judges) -> tuple[dict, list[dict]]:
+    """A run of tests/e2e/conftest.py's ``JUDGE_FAULTS``: its step and rows, after checking that its recipe sets
+    ``on_failure``, that its judge really failed in all three ways inside the step and that some judgement failed for
+    good (the fault plan's first request does)."""
+    from visionr3.config import recipe_dir
+
+    assert OmegaConf.load(recipe_dir(recipe) / "config.yaml").visionr3.reward.judge.on_failure == on_failure
+    step, rows, _ = finished(recipe)  # the run exited 0: no step crashed
+    server = faulty_judges[recipe]
+    assert all(server.faults[kind] > 0 for kind in ("timeout", "rate_limit", "server_error")), server.stats()
+    failed = [row for row in rows if row["judge_failed"] == 1.0]
+    assert failed, "no judgement failed after its retries: the fault plan did not reach the step"
+    assert step["visionr3/reward/judge_failed/mean"] == pytest.approx(np.mean([row["judge_failed"] for row in rows]))
+    return step, rows
+
+
+def test_vlm_r3_rule_scores_the_answers_its_failing_judge_could_not_grade(finished, faulty_judges):
+    """``on_failure: rule``: a judgement that failed after its retries is counted and graded by the formula's rules;
+    the others were answered after their faults (the fault plan fails every other request)."""
+    from visionr3.reward.formulas import get_formula
+    from visionr3.reward.types import RewardInput
+
+    _, rows = judge_fault_run("vlm_r3", "rule", finished, faulty_judges)
+    assert any(row["judged"] == 1.0 and row["judge_failed"] == 0.0 for row in rows), "no judgement recovered"
+    formula = get_formula("vlm_r3")
+    for row in (row for row in rows if row["judge_failed"] == 1.0):
+        assert row["excluded"] == 0.0 and row["judged"] == 1.0
+        ruled = formula.grade(RewardInput(response=row["output"], ground_truth=str(row["gts"])))
+        assert row["accuracy"] == float(ruled.correct), row
+
+
+def test_visionthink_excludes_failed_judgements_from_their_groups(finished, faulty_judges):
+    """``on_failure: exclude``: a sample whose judgement failed is counted, trains with advantage 0 and is left out of
+    its group's mean and std (a group left with one valid sample has nothing to compare: all 0). The oracle is GRPO's
+    formula over the valid samples, from the dumped scores; ``advantage`` is what the actor trained on."""
+    step, rows = judge_fault_run("visionthink", "exclude", finished, faulty_judges)
+    excluded = [row for row in rows if row["excluded"] == 1.0]
+    assert excluded and all(row["judge_failed"] == 1.0 for row in excluded)
+    assert all(row["excluded"] == row["judge_failed"] for row in rows)
+    assert step["visionr3/excluded_samples"] == len(excluded)
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(i)
+    expected = [0.0] * len(rows)
+    for members in groups.values():
+        kept = [i for i in members if rows[i]["excluded"] == 0.0]
+        if len(kept) >= 2:
+            scores = np.array([rows[i]["score"] for i in kept])
+            for i, score in zip(kept, scores):
+                expected[i] = (score - scores.mean()) / (scores.std(ddof=1) + 1e-6)
+    assert [row["advantage"] for row in rows] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["vlm_r3", "visionthink"])  # the runs with a key (conftest's JUDGE_FAULTS)
+def test_the_api_key_reached_the_judge_and_nothing_the_run_wrote(recipe, finished, faulty_judges, api_key):
+    """The key was exported for the run (``OPENAI_API_KEY``, the judge's ``api_key_env``): the judge received it, and
+    no file the run wrote holds it — Hydra's ``.hydra/``, the log, the metrics, the rollout dump, the checkpoint and
+    its configs — nor any log of a Ray session on this machine."""
+    import tempfile
+
+    _, _, directory = finished(recipe)
+    assert faulty_judges[recipe].last_authorization == f"Bearer {api_key}"
+    written = [path for path in directory.rglob("*") if path.is_file()]
+    names = {path.name for path in written}
+    assert {"config.yaml", "overrides.yaml", "run.log", "metrics.jsonl", "1.jsonl"} <= names, sorted(names)
+    if recipe == "vlm_r3":  # its step is saved (the frozen-tower test reads it)
+        assert any(path.parent.name == "huggingface" for path in written)  # the saved step's model configs
+    ray_logs = [path for path in Path(tempfile.gettempdir(), "ray").glob("session_*/logs/**/*") if path.is_file()]
+    leaks = [str(path) for path in written + ray_logs if api_key.encode() in path.read_bytes()]
+    assert not leaks
 
 
 def test_zoom_rollout_dump_renders_in_the_viewer(finished, tmp_path):

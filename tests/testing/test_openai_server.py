@@ -123,6 +123,20 @@ def test_first_attempt_only_faults_then_the_same_request_succeeds():
     assert statuses == [500, 200, 500]
 
 
+def test_fault_plan_scripts_each_distinct_content_by_arrival_then_answers():
+    plan = [("rate_limit", "server_error", "rate_limit"), ("server_error",)]
+    with OpenAIStubServer(fault_plan=plan, retry_after=2) as server:
+        with httpx.Client(timeout=5) as client:
+            a = [chat(client, server, "a") for _ in range(4)]
+            b = [chat(client, server, "b").status_code for _ in range(2)]
+            c = [chat(client, server, "c").status_code for _ in range(2)]  # the third content: the first sequence
+    assert [r.status_code for r in a] == [429, 500, 429, 200] and a[0].headers["Retry-After"] == "2"
+    assert b == [500, 200] and c == [429, 500]
+    assert dict(server.faults) == {"rate_limit": 3, "server_error": 3} and server.replies == 2
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        OpenAIStubServer(fault_plan=[("slow",)])
+
+
 def _faulted(server: OpenAIStubServer, contents: list[str]) -> set[str]:
     with httpx.Client(timeout=5) as client:
         return {content for content in contents if chat(client, server, content).status_code != 200}

@@ -9,7 +9,7 @@ format (rollout dumps, eval records and logged metric names carry them) and do n
 Counters (:class:`TrajectoryStats` and the image counts the loop adds when the trajectory ends) are ints per
 trajectory; :func:`aggregate_trajectory_metrics` logs them as ``visionr3/<key>/{mean,min,max}``. The rollout dump's
 columns (``trainer.rollout_data_dir``) are :func:`dump_columns` plus the trainer's own :data:`DUMP_IMAGE_SIZE`,
-:data:`DUMP_BATCH_IMAGES`, :data:`DUMP_REWARD_SCORE` and :data:`DUMP_ROW_INDEX`.
+:data:`DUMP_BATCH_IMAGES`, :data:`DUMP_REWARD_SCORE`, :data:`DUMP_ROW_INDEX` and :data:`DUMP_ADVANTAGE`.
 """
 
 from __future__ import annotations
@@ -151,6 +151,9 @@ DUMP_REWARD_SCORE = "reward_score"
 """The reward function's own score, before visionr3's shaping."""
 DUMP_ROW_INDEX = "row_index"
 """The dataset row (its ``extra_info.index``)."""
+DUMP_ADVANTAGE = "advantage"
+"""The advantage the actor trained the trajectory with (the mean over its response tokens: GRPO's is one value on
+every token), or ``None`` where the batch held none."""
 
 
 def dump_columns(extra_fields: Sequence[Mapping[str, Any] | None], image_names: Sequence[str | None]) -> dict[str, list]:

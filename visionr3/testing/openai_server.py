@@ -37,6 +37,13 @@ content was seen before)`` — not of arrival order — so the same workload get
 interleave. ``faults_on_first_attempt_only=True`` injects only on the first sight of a content, so every retry
 succeeds: the retry path is exercised deterministically and a client with ``max_retries >= 1`` must lose nothing.
 
+A ``fault_plan`` replaces the draws with a script, for a run too small for rates to be sure of anything (a CPU
+training step judges a handful of answers): a list of fault-kind sequences, taken in turn by the distinct contents in
+the order they first arrive; a content's attempt ``k`` gets its sequence's ``k``-th fault, and an attempt past the
+end of it is answered. ``[("timeout", "rate_limit", "server_error"), ("rate_limit",)]`` against a client with
+``max_retries=2``: the first, third, ... contents fail every attempt, one fault of each kind; the others are answered
+on their second. Which content gets which sequence follows arrival; how many get each does not.
+
 In-process use (the server's event loop runs in a background thread)::
 
     with OpenAIStubServer(latency=0.05, faults=FaultRates.mix(0.1)) as server:
@@ -62,7 +69,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -289,6 +296,8 @@ class OpenAIStubServer:
         faults: :class:`FaultRates`, a ``{kind: rate}`` mapping, or a total rate split equally over the kinds.
         seed: seeds the fault draws.
         faults_on_first_attempt_only: inject only on the first request with a given content.
+        fault_plan: fault kinds per attempt, for successive distinct contents in turn (the module docstring); when
+            given, ``faults`` is not drawn.
         reply: :data:`ReplyFn` producing the content; default :func:`rule_judge`.
         hang: seconds a ``timeout`` fault holds the request before answering.
         retry_after: seconds sent in a ``429``'s ``Retry-After`` header.
@@ -309,6 +318,7 @@ class OpenAIStubServer:
         faults: FaultRates | Mapping[str, float] | float | None = None,
         seed: int = 0,
         faults_on_first_attempt_only: bool = False,
+        fault_plan: Sequence[Sequence[str]] | None = None,
         reply: ReplyFn | None = None,
         hang: float = 30.0,
         retry_after: float = 0.1,
@@ -321,6 +331,10 @@ class OpenAIStubServer:
         self.faults_config = FaultRates.coerce(faults)
         self.seed = int(seed)
         self.faults_on_first_attempt_only = bool(faults_on_first_attempt_only)
+        self.fault_plan = tuple(tuple(kinds) for kinds in fault_plan or ())
+        unknown = {kind for kinds in self.fault_plan for kind in kinds} - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)} in fault_plan; known: {FAULT_KINDS}")
         self.reply = reply or rule_judge
         self.hang = float(hang)
         self.retry_after = float(retry_after)
@@ -333,7 +347,8 @@ class OpenAIStubServer:
         self.bad_requests = 0
         self.last_authorization: str | None = None
         self.faults: Counter[str] = Counter()
-        self._seen: dict[bytes, int] = {}
+        self._seen: dict[bytes, int] = {}  # content -> attempts so far
+        self._rank: dict[bytes, int] = {}  # content -> its place in arrival order (fault_plan)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: Any = None
@@ -366,6 +381,7 @@ class OpenAIStubServer:
         self.requests = self.replies = self.bad_requests = 0
         self.faults.clear()
         self._seen.clear()
+        self._rank.clear()
 
     # -- the HTTP application ------------------------------------------------------------------------------------------
 
@@ -428,7 +444,10 @@ class OpenAIStubServer:
         seen = self._seen.get(digest, 0)
         self._seen[digest] = seen + 1
         kind = None
-        if not (self.faults_on_first_attempt_only and seen > 0) and self.faults_config.total > 0:
+        if self.fault_plan:
+            kinds = self.fault_plan[self._rank.setdefault(digest, len(self._rank)) % len(self.fault_plan)]
+            kind = kinds[seen] if seen < len(kinds) else None
+        elif not (self.faults_on_first_attempt_only and seen > 0) and self.faults_config.total > 0:
             kind = self.faults_config.pick(_unit(self.seed, f"fault:{seen}", digest))
         if kind is not None:
             self.faults[kind] += 1

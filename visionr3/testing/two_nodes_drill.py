@@ -18,6 +18,13 @@
    the same command resumes from step 2 again and finishes.
 7. The cluster is stopped; any process of it still alive is recorded as an orphan.
 
+Throughout, a fake ``OPENAI_API_KEY`` is exported before the nodes start (where docs/cluster.md puts keys), every
+job ``--require-env``\ s it (which prints its fingerprint from the job's node), and every run's reward asks a
+loopback judge (:class:`OpenAIStubServer`, in this process) about each answer, with the key it reads from the
+environment. The report says which key the judge last received, and where else the key appears: in any job record
+Ray keeps (entrypoint, metadata, runtime env: the job API's and the state API's), in any file the runs wrote or the
+cluster's folder holds (Ray's session logs, the jobs' driver logs); never the key itself.
+
 ``DIR/drill.json`` holds what tests/e2e/test_two_nodes.py checks.
 """
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -57,11 +65,43 @@ print(json.dumps(out))
 """
 
 
-def train_command(out: Path, policy: Path, rows: Path, steps: int, name: str) -> list[str]:
-    return [VISIONR3, "train", "--config-name", "cpu_demo", *train_overrides(out, policy, rows, steps, name)]
+KEY_NAME = "OPENAI_API_KEY"
+
+JOB_RECORDS = """
+import json, os, ray, sys
+from ray.job_submission import JobSubmissionClient
+from ray.util.state import list_jobs
+key = os.environ[sys.argv[2]]
+plain = lambda job: job if isinstance(job, dict) else job.model_dump()
+listed = [plain(job) for job in JobSubmissionClient(sys.argv[1]).list_jobs()]  # submitted jobs and drivers
+submitted = [job for job in listed if str(getattr(job.get("type"), "value", job.get("type"))) == "SUBMISSION"]
+ray.init(logging_level="ERROR", log_to_driver=False)
+records = [json.dumps(r, default=str) for r in listed + [plain(job) for job in list_jobs(detail=True, limit=1000)]]
+print(json.dumps({"submitted": len(submitted), "records": len(records),
+                  "with_key": [r[:200].replace(key, "***") for r in records if key in r]}))
+"""
+"""The job records Ray keeps (the job API's and the state API's, drivers included), and which of them hold the key."""
 
 
-def train_overrides(out: Path, policy: Path, rows: Path, steps: int, name: str) -> list[str]:
+def files_holding(value: str, *roots: Path) -> dict:
+    """How many files under ``roots`` were read, and the paths of those whose bytes contain ``value``."""
+    needle, count, found = value.encode(), 0, []
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            count += 1
+            try:
+                if needle in path.read_bytes():
+                    found.append(str(path))
+            except OSError:  # a socket or a file that went away
+                continue
+    return {"files": count, "found": found}
+
+
+def train_command(out: Path, policy: Path, rows: Path, steps: int, name: str, judge_url: str) -> list[str]:
+    return [VISIONR3, "train", "--config-name", "cpu_demo", *train_overrides(out, policy, rows, steps, name, judge_url)]
+
+
+def train_overrides(out: Path, policy: Path, rows: Path, steps: int, name: str, judge_url: str) -> list[str]:
     return [
         "cluster=cpu_2nodes",
         f"actor_rollout_ref.model.path={policy}",
@@ -75,6 +115,9 @@ def train_overrides(out: Path, policy: Path, rows: Path, steps: int, name: str) 
         # the trainer runs in a Ray actor on a cluster that was started without this process's environment: the
         # file logger's path travels in the job's runtime env, as any variable a job needs on a real cluster
         f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={out / name / 'metrics.jsonl'}",
+        # every answer to the loopback judge, with the key from the nodes' environment (its name only, here)
+        "visionr3.reward.judge.use=always", f"visionr3.reward.judge.base_url={judge_url}",
+        "visionr3.reward.judge.model=stub-judge", f"visionr3.reward.judge.api_key_env={KEY_NAME}",
     ]
 
 
@@ -127,6 +170,8 @@ def train(cluster, out: Path, command: list[str], name: str, kill_when=None, tim
         text = log.read_text(errors="replace")
         record["node_lost_error"] = "Ray lost a node that held this run's workers" in text  # in rollout
         record["actor_died_error"] = "ActorDiedError" in text or "ActorUnavailableError" in text  # in a worker call
+        # in a collective: the surviving rank's gloo peer (the killed node's rank) is gone
+        record["collective_error"] = "gloo" in text and "by peer" in text
     return record
 
 
@@ -162,7 +207,8 @@ def job(cluster, out: Path, overrides: list[str], name: str, stop_when=None, tim
     record: dict = {"job_id": job_id, "log": str(directory / "job.log")}
     started = time.monotonic()
     submitted = subprocess.run([VISIONR3, "submit", *address, "--no-wait", "--no-working-dir", "--job-id", job_id,
-                                "--config-name", "cpu_demo", "--", *overrides], env=env, capture_output=True,
+                                "--require-env", KEY_NAME, "--config-name", "cpu_demo", "--", *overrides],
+                               env=env, capture_output=True,
                                text=True, timeout=300)
     record["submit"] = {"returncode": submitted.returncode, "output": (submitted.stdout + submitted.stderr)[-3000:]}
     if submitted.returncode != 0:
@@ -221,19 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", type=Path, required=True)
     parser.add_argument("--no-kill", action="store_true", help="skip step 5 (the raylet kill and resume)")
     args = parser.parse_args(argv)
+    from visionr3.cluster.jobs import fingerprint
     from visionr3.cluster.local import LocalCluster
     from visionr3.demo.synthetic import write_parquet
+    from visionr3.testing.openai_server import OpenAIStubServer
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = write_parquet(out / "rows.parquet", 8, seed=5)
+    key = os.environ[KEY_NAME] = f"sk-visionr3-drill-{secrets.token_hex(16)}"  # the nodes and clients inherit it
+    judge = OpenAIStubServer().start()
     cluster = LocalCluster(Path(f"/tmp/vr3-2n-{os.getpid()}"), nodes=2, gpus_per_node=1)
     report: dict = {}
     try:
         cluster.start()
         report["nodes_up"] = cluster.alive_nodes()
         # 2 steps as a Ray job (visionr3 submit, its logs followed), step 2 saved
-        report["train"] = job(cluster, out, train_overrides(out, args.policy, rows, 2, "train"), "train")
+        overrides = train_overrides(out, args.policy, rows, 2, "train", judge.base_url)
+        report["train"] = job(cluster, out, overrides, "train")
         report["placement"] = python(PLACEMENT, env=cluster.client_env())
         actor_dir = out / "checkpoints" / "global_step_2" / "actor"
         report["shards"] = python(SHARDS, *map(str, sorted(actor_dir.glob("model_world_size_*_rank_*.pt"))))
@@ -247,22 +298,29 @@ def main(argv: list[str] | None = None) -> int:
                                  capture_output=True, text=True)
         report["merge_missing_shard"] = {"returncode": refused.returncode, "stderr": refused.stderr[-2000:]}
         # a job resuming from step 2, stopped with `visionr3 job stop` in its step 3: no actor of it may stay
-        report["stopped"] = job(cluster, out, train_overrides(out, args.policy, rows, 4, "stopped"), "stopped",
-                                stop_when=InRollout(3))
+        overrides = train_overrides(out, args.policy, rows, 4, "stopped", judge.base_url)
+        report["stopped"] = job(cluster, out, overrides, "stopped", stop_when=InRollout(3))
+        report["job_records"] = python(JOB_RECORDS, cluster.dashboard_url, KEY_NAME, env=cluster.client_env())
         if not args.no_kill:
-            command = train_command(out, args.policy, rows, 4, "killed")
+            command = train_command(out, args.policy, rows, 4, "killed", judge.base_url)
             # 300 s: Ray declares the node dead within ~15 s; the trainer then fails its rollout wait
-            # (visionr3.cluster.liveness) or its next call to the lost rank raises
+            # (visionr3.cluster.liveness), its next call to the lost rank raises, or a collective loses its peer
             report["killed"] = train(cluster, out, command, "killed", kill_when=InRollout(3), timeout=300)
             report["alive_after_kill"] = cluster.alive_nodes()
             cluster.stop()  # a fresh cluster, as a scheduler would restart the lost node's machine
             cluster = LocalCluster(cluster.directory, nodes=2, gpus_per_node=1)
             cluster.start()
-            report["resumed"] = train(cluster, out, train_command(out, args.policy, rows, 4, "resumed"), "resumed")
+            command = train_command(out, args.policy, rows, 4, "resumed", judge.base_url)
+            report["resumed"] = train(cluster, out, command, "resumed")
     finally:
         cluster.stop()
         time.sleep(2)
         report["orphans"] = cluster.processes()
+        judge.stop()
+        received = {None: None, f"Bearer {key}": "the key"}.get(judge.last_authorization, "other")
+        report["judge"] = {"requests": judge.requests, "replies": judge.replies, "authorization": received}
+        report["key_fingerprint"] = fingerprint(key)  # what `--require-env` prints on the job's node
+        report["key_in_files"] = files_holding(key, out, cluster.directory)
         shutil.rmtree(cluster.directory, ignore_errors=True)
     (out / "drill.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({key: value for key, value in report.items() if key != "placement"}, indent=1)[-6000:])

@@ -62,6 +62,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from visionr3.agent.trajectory import (
+    DUMP_ADVANTAGE,
     DUMP_BATCH_IMAGES,
     DUMP_IMAGE_SIZE,
     DUMP_REWARD_SCORE,
@@ -79,6 +80,11 @@ from visionr3.reward.shaping import custom_advantages, shape_scores
 DUMP_IMAGE_MAX_SIDE = 512
 
 logger = logging.getLogger(__name__)
+
+
+def _padded(tensor: Any, fill: float) -> Any:
+    """A TransferQueue field as one dense tensor (response fields come back nested, one row per trajectory)."""
+    return tensor.to_padded_tensor(fill) if tensor.is_nested else tensor
 
 
 def _rows(column: Any) -> list:
@@ -519,7 +525,24 @@ class VisionR3SyncTrainer(PPOTrainerSync):
         columns[DUMP_BATCH_IMAGES] = [batch_image_summary(mm) for mm in multi_modal]
         columns[DUMP_REWARD_SCORE] = [dump_number((row.get(REWARD_EXTRA_INFO) or {}).get("score")) for row in rows]
         columns[DUMP_ROW_INDEX] = [dump_value((info or {}).get("index")) for info in extra_info]
+        columns[DUMP_ADVANTAGE] = self._visionr3_dump_advantages(batch, keys)
         return columns
+
+    @staticmethod
+    def _visionr3_dump_advantages(batch, keys) -> list[float | None]:
+        """Each trajectory's advantage as the actor trained on it (the dump runs after the update), so a reader can
+        check what a reward became: an excluded sample's 0, a group's normalisation."""
+        import transfer_queue as tq
+
+        try:
+            data = tq.kv_batch_get(keys=list(keys), partition_id=batch.partition_id,
+                                   select_fields=["advantages", "response_mask"])
+        except Exception as exc:  # no advantages in the batch (nothing trained): the column stays empty
+            logger.debug("visionr3: no advantages for the rollout dump (%s)", exc)
+            return [None] * len(keys)
+        advantages, mask = _padded(data["advantages"], 0.0).double(), _padded(data["response_mask"], 0).double()
+        means = (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return [float(value) for value in means.tolist()]
 
     # ---- group-level rewards --------------------------------------------------------------------------------
 
@@ -540,9 +563,6 @@ class VisionR3SyncTrainer(PPOTrainerSync):
         from tensordict import TensorDict
         from verl.workers.utils.padding import response_to_nested
 
-        def padded(tensor, fill):
-            return tensor.to_padded_tensor(fill) if tensor.is_nested else tensor
-
         fields = ["uid", "rm_scores", "response_mask", "extra_fields"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         uids = [str(uid) for uid in data["uid"].tolist()] if hasattr(data["uid"], "tolist") else list(data["uid"])
@@ -552,8 +572,8 @@ class VisionR3SyncTrainer(PPOTrainerSync):
         excluded = np.array([float(r.get("excluded", 0.0)) > 0 for r in rewards])
         valid = ~padding & ~excluded
         response_mask = data["response_mask"]
-        mask = padded(response_mask, 0)
-        padded_scores = padded(data["rm_scores"], 0.0)
+        mask = _padded(response_mask, 0)
+        padded_scores = _padded(data["rm_scores"], 0.0)
         scores = padded_scores.sum(-1).double().numpy()
         metrics["visionr3/excluded_samples"] = float(excluded[~padding].sum())
 
