@@ -141,8 +141,8 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def pool_slot(request):
     """One of the e2e pool's two slots for the module (tests/e2e/conftest.py, ``Pool.hold``): a test that starts vLLM
-    (4-6 GB) waits until at most one e2e trainer runs, and no other starts beside it. Nothing to wait for without
-    the pool."""
+    (4-6 GB) or several Ray workers of its own waits until at most one e2e trainer runs, and no other starts beside
+    it. Nothing to wait for without the pool."""
     pool = getattr(request.config, "visionr3_e2e_pool", None)
     with pool.hold() if pool is not None else contextlib.nullcontext():
         yield

@@ -40,7 +40,7 @@ from visionr3.testing.openai_server import OpenAIStubServer
 from visionr3.testing.tiny_model import tiny_model_dir
 
 PARALLEL = 2
-SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2, "judge:vllm": 2, "two_nodes": 2}
+SLOTS = {"demo:vllm": 2, "visionthink:vllm": 2, "two_nodes": 2}
 """Runs that need both slots: a vLLM server (4-6 GB) beside its trainer (~5 GB) runs alone, never beside the HF pair
 (docs/vllm-on-cpu.md); so does the two-node drill (two trainer workers, two rollout servers and a second raylet). A
 unit test that starts vLLM takes one slot for its duration (:meth:`Pool.hold`, through
@@ -355,33 +355,26 @@ class Pool:
             directory = root / "demo_vllm"
             return [VISIONR3, "demo", "--rollout", "vllm", "--output-dir", str(directory), "--steps", "2", "--n", "4"], directory
 
-        def judge_vllm() -> tuple[list[str], Path]:
-            """The zoom recipe's step with its judge served by vLLM inside the job (verl's GenRM + reward router):
-            the HF policy (~5 GB) beside the vLLM judge (~4 GB), alone."""
-            directory = root / "judge_vllm"
-            directory.mkdir(parents=True, exist_ok=True)
-            command = recipe_command("zoom", directory, "unused", self.warmups.path("zoom"))
-            command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
-            judge = tiny_model_dir("qwen3", size="small")
-            # the zoom CPU variant names its loopback stub as the judge model; vLLM serves the judge under its path
-            return [*command, "judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
-                    f"visionr3.reward.judge.model={judge}",
-                    "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
-                    "visionr3.reward.judge.timeout=300",  # the CPU variant's 30 s: a loaded 2-core machine took longer
-                    # VLM-R3's answer extraction (the <answer> tag, else the last line): every trajectory that wrote
-                    # anything is judged, whether or not the tiny policy closed with an answer in its few turns
-                    "visionr3.reward.formula=vlm_r3", "~visionr3.reward.params.variant",  # DeepEyes' formula's key
-                    "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
-
         def visionthink_vllm() -> tuple[list[str], Path]:
-            """VisionThink's step on verl's vLLM rollout: the resize tool's full-resolution image goes back into vLLM."""
+            """VisionThink's step with the policy *and* its judge (``use: always``) on vLLM, alone: the resize tool's
+            full-resolution image goes back into verl's vLLM rollout, and every answer to a small Qwen3 served by vLLM
+            inside the job (verl's GenRM on its own pool, reached through its reward router). One run, not two: each
+            vLLM run's start-up costs ~5 minutes of CI's tail, where runs go one at a time."""
             directory = root / "visionthink_vllm"
             directory.mkdir(parents=True, exist_ok=True)
             policy = self.warmups.path("visionthink", size="small")
+            judge = tiny_model_dir("qwen3", size="small")
+            command = recipe_command("visionthink", directory, "unused", policy)
+            command = [arg for arg in command if not arg.startswith("visionr3.reward.judge.base_url=")]
             # DAPO filtering is the HF step's to test (recipe:visionthink): the small policy's two groups scored
-            # [1.5, 1.5] and [0.5, 0.5] in the last runs, which filtering would refill up to its cap on vLLM's CPU
-            return [*recipe_command("visionthink", directory, self.judge.base_url, policy), "cluster=cpu_vllm",
-                    "algorithm.filter_groups.enable=false"], directory
+            # [1.5, 1.5] and [0.5, 0.5] in earlier runs, which filtering would refill up to its cap on vLLM's CPU
+            return [*command, "cluster=cpu_vllm", "algorithm.filter_groups.enable=false",
+                    # the CPU variant names its loopback stub as the judge model; vLLM serves the judge under its path
+                    "judge=local_qwen3_cpu", f"reward.reward_model.model_path={judge}",
+                    f"visionr3.reward.judge.model={judge}",
+                    "ray_kwargs.ray_init.num_gpus=2",  # the judge's own pool: one more logical GPU
+                    "visionr3.reward.judge.timeout=300",  # the CPU variant's 30 s: a loaded 2-core machine took longer
+                    "visionr3.reward.judge.max_retries=0"], directory  # a random judge's reply never parses: no retries
 
         def gradient_sign() -> tuple[list[str], Path]:
             """GRPO on one prompt group, repeated: tests/e2e/test_gradient_sign.py."""
@@ -475,8 +468,7 @@ class Pool:
         jobs = [("demo", demo), ("gradient_sign", gradient_sign), ("resume", resume),
                 *((f"recipe:{name}", recipe(name)) for name in order),
                 ("qwen3_vl", qwen3_vl), ("filter_groups_bound", filter_groups_bound), ("bad_data", bad_data),
-                ("two_nodes", two_nodes), ("judge:vllm", judge_vllm), ("demo:vllm", demo_vllm),
-                ("visionthink:vllm", visionthink_vllm)]
+                ("two_nodes", two_nodes), ("demo:vllm", demo_vllm), ("visionthink:vllm", visionthink_vllm)]
         jobs = [job for job in jobs if job[0] not in self.skip]
         only = os.environ.get("VISIONR3_E2E_ONLY")  # a developer's shortcut (docs/development.md); CI runs them all
         return [job for job in jobs if job[0] in only.split(",")] if only else jobs
@@ -499,8 +491,9 @@ class Pool:
             threading.Thread(target=self._prepare_all, args=(jobs, ready), name="e2e-prepare", daemon=True).start()
             pending, running, waiting = len(jobs), {}, None
             # the pool's own limit, under CI's 90 minutes: at 3000 s a fresh-clone CI (50 min in all) killed the last
-            # vLLM run ~10 s before it would have finished; the resume and two-node drills added ~20 minutes of runs
-            deadline = time.monotonic() + 4800
+            # vLLM run ~10 s before it would have finished; the resume and two-node drills added ~20 minutes of runs;
+            # at 4800 s the CI on 649fb7f reached its last vLLM run at the limit (the tail was cut by ~7 minutes since)
+            deadline = time.monotonic() + 5000
             while (pending or running) and not self.stopping:
                 while pending and self.busy() < PARALLEL:
                     if waiting is None:

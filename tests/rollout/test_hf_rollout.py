@@ -45,6 +45,14 @@ PERTURBED = "model.language_model.layers.0.mlp.down_proj.weight"
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _pool_slot(pool_slot):
+    """One of the e2e pool's slots while this module's Ray workers live (a trainer worker and HF replicas, GBs): beside
+    two e2e trainers they took the machine to 1.1 GB free, and Ray's memory monitor killed them (CI on 649fb7f, 17
+    tests)."""
+    yield
+
+
 @pytest.fixture(scope="module")
 def model_dir():
     from visionr3.testing.tiny_model import tiny_model_dir

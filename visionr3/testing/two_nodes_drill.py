@@ -1,6 +1,6 @@
 """Two Ray nodes on one machine, verl's trainer across them, its two-shard checkpoint merged, a worker node killed.
 
-    python -m visionr3.testing.two_nodes_drill --out DIR --policy <checkpoint>     # ~10 minutes on 2 cores
+    python -m visionr3.testing.two_nodes_drill --out DIR --policy <checkpoint>     # ~12 minutes on 2 cores
 
 1. :class:`~visionr3.cluster.local.LocalCluster` starts a head and a worker node (separate ``ray start`` processes
    on 127.0.0.1, token auth, one logical GPU each).
@@ -10,12 +10,12 @@
 3. Where Ray ran each trainer worker and rollout server (Ray's state API: node ids), and how many parameters each
    rank's checkpoint shard holds.
 4. ``visionr3 merge`` of the two-shard checkpoint (its own tensor check), and of a copy missing rank 1's shard.
-5. The same as a 4-step job, which resumes from step 2 and is stopped with ``visionr3 job stop`` while step 3
-   generates: the job is STOPPED and no Ray actor outlives it.
-6. A run (``trainer.total_training_steps=4``) resumes from step 2 across the nodes, and the worker node's
+5. A run (``trainer.total_training_steps=4``) resumes from step 2 across the nodes, and the worker node's
    raylet is killed (SIGKILL) during its step 3. The driver must exit rather than hang (a kill in rollout is caught by
-   :mod:`visionr3.cluster.liveness`, one in a worker call by Ray); the cluster is restarted and
-   the same command resumes from step 2 again and finishes.
+   :mod:`visionr3.cluster.liveness`, one in a worker call by Ray, one in a collective by gloo).
+6. The cluster is restarted, as a scheduler would restart the lost machine, and the same run is submitted as a job:
+   it resumes from step 2 again, logs step 3, and is then stopped with ``visionr3 job stop`` in its step 4: the job
+   is STOPPED and no Ray actor outlives it. (One trainer start-up for both checks: each costs ~2 minutes of CI.)
 7. The cluster is stopped; any process of it still alive is recorded as an orphan.
 
 Throughout, a fake ``OPENAI_API_KEY`` is exported before the nodes start (where docs/cluster.md puts keys), every
@@ -242,6 +242,16 @@ def job(cluster, out: Path, overrides: list[str], name: str, stop_when=None, tim
     return record
 
 
+class AfterStep:
+    """True once the followed log shows verl's console line for ``step`` (``step:<n> - ...``)."""
+
+    def __init__(self, step: int):
+        self.needle = f"step:{step} - "
+
+    def __call__(self, log: Path) -> bool:
+        return self.needle in log.read_text(errors="replace")
+
+
 class InRollout:
     """True ``seconds`` after the driver's log shows an agent-loop worker at work once verl's training loop started
     (its tqdm bar): the resumed run is then generating step 3's trajectories, the phase in which verl 0.9.1 would wait
@@ -286,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = train_overrides(out, args.policy, rows, 2, "train", judge.base_url)
         report["train"] = job(cluster, out, overrides, "train")
         report["placement"] = python(PLACEMENT, env=cluster.client_env())
+        report["job_records"] = [python(JOB_RECORDS, cluster.dashboard_url, KEY_NAME, env=cluster.client_env())]
         actor_dir = out / "checkpoints" / "global_step_2" / "actor"
         report["shards"] = python(SHARDS, *map(str, sorted(actor_dir.glob("model_world_size_*_rank_*.pt"))))
         merged = subprocess.run([VISIONR3, "merge", str(out / "checkpoints"), str(out / "merged")],
@@ -297,10 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         refused = subprocess.run([VISIONR3, "merge", str(broken), str(out / "merged_broken")],
                                  capture_output=True, text=True)
         report["merge_missing_shard"] = {"returncode": refused.returncode, "stderr": refused.stderr[-2000:]}
-        # a job resuming from step 2, stopped with `visionr3 job stop` in its step 3: no actor of it may stay
-        overrides = train_overrides(out, args.policy, rows, 4, "stopped", judge.base_url)
-        report["stopped"] = job(cluster, out, overrides, "stopped", stop_when=InRollout(3))
-        report["job_records"] = python(JOB_RECORDS, cluster.dashboard_url, KEY_NAME, env=cluster.client_env())
         if not args.no_kill:
             command = train_command(out, args.policy, rows, 4, "killed", judge.base_url)
             # 300 s: Ray declares the node dead within ~15 s; the trainer then fails its rollout wait
@@ -310,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()  # a fresh cluster, as a scheduler would restart the lost node's machine
             cluster = LocalCluster(cluster.directory, nodes=2, gpus_per_node=1)
             cluster.start()
-            command = train_command(out, args.policy, rows, 4, "resumed", judge.base_url)
-            report["resumed"] = train(cluster, out, command, "resumed")
+            # the same run as a job: it resumes from step 2, and once step 3 is logged `visionr3 job stop` ends it
+            overrides = train_overrides(out, args.policy, rows, 4, "resumed", judge.base_url)
+            report["resumed"] = job(cluster, out, overrides, "resumed", stop_when=AfterStep(3))
+            records = python(JOB_RECORDS, cluster.dashboard_url, KEY_NAME, env=cluster.client_env())
+            report["job_records"].append(records)
     finally:
         cluster.stop()
         time.sleep(2)
