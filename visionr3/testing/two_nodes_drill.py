@@ -208,8 +208,7 @@ def job(cluster, out: Path, overrides: list[str], name: str, stop_when=None, tim
     started = time.monotonic()
     submitted = subprocess.run([VISIONR3, "submit", *address, "--no-wait", "--no-working-dir", "--job-id", job_id,
                                 "--require-env", KEY_NAME, "--config-name", "cpu_demo", "--", *overrides],
-                               env=env, capture_output=True,
-                               text=True, timeout=300)
+                               env=env, capture_output=True, text=True, timeout=300)
     record["submit"] = {"returncode": submitted.returncode, "output": (submitted.stdout + submitted.stderr)[-3000:]}
     if submitted.returncode != 0:
         return record
