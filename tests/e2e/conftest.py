@@ -50,30 +50,33 @@ RESPONSE_LENGTH = {"zoom": 384, "visionthink": 160, "vlm_r3": 320, "vision_sr1":
 """Tokens per trajectory: room for the recipe's image turn (a quadrant crop is 169 tokens, the resized image 64)."""
 TASK = {"zoom": "zoom", "visionthink": "zoom", "vlm_r3": "zoom", "vision_sr1": "sr1"}
 """The synthetic rows each recipe's step trains on (visionr3.demo.synthetic)."""
-WARMUP = {"zoom": ("zoom", 100), "visionthink": ("visionthink", 100), "vlm_r3": ("vlm_r3", 100), "vision_sr1": ("sr1", 100)}
+WARMUP = {"visionthink": ("visionthink", 100), "vlm_r3": ("vlm_r3", 100), "vision_sr1": ("sr1", 100)}
 """recipe -> (warm-up task, steps) of its starting policy (visionr3.demo.warmup): every recipe's step starts from a policy
-that performs the recipe's own mechanism (vision_sr1: the SR1 demo's; all cached). 100 steps (the CPU demo's own
-warm-up, DEMO_WARMUP, is longer: it has to read the crop): after 60, sampled at the CPU preset's temperature 0.7, the
-VisionThink and VLM-R3 policies garbled every call of a step; after 100, 31 of 32 sampled resize calls and 31 of 32
-inline boxes were valid (the zoom policy's hermes boxes, after its long tools prompt, about 1 in 3).
+that performs the recipe's own mechanism (all cached). 100 steps: after 60, sampled at the CPU preset's temperature
+0.7, the VisionThink and VLM-R3 policies garbled every call of a step; after 100, 31 of 32 sampled resize calls and 31
+of 32 inline boxes were valid. The zoom step starts from the CPU demo's own policy (the same task and tool; its longer
+warm-up, DEMO_WARMUP, answers after the crop: 31 of the CI demo's 32 trajectories), which the demo builds anyway: a
+100-step zoom warm-up garbled the turn after the crop and answered about 1 in 4 (CI on 2b4925d: none of 4).
 tests/e2e/test_recipes_cpu.py says what each test relies on."""
 
 
 JUDGE_FAULTS = {"vlm_r3": "rule", "visionthink": "exclude"}
-"""Recipe runs whose judge fails on purpose (:data:`JUDGE_FAULT_PLAN`, their own loopback server, 2 retries, 10-s
+"""Recipe runs whose judge fails on purpose (:data:`JUDGE_FAULT_PLANS`, their own loopback server, 2 retries, 10-s
 attempts, every answer judged) with an API key set (:attr:`Pool.api_key`, in the run's environment as a user exports
 it), and the ``on_failure`` their recipe sets: tests/e2e/test_recipes_cpu.py checks the failed samples rule-scored or
 excluded and the key in no file the run wrote. VLM-R3 rather than zoom for ``rule``: its answer is "the <answer> tag,
-else the last line", so each of its trajectories is judged, where the zoom policy closes an answer in ~1 of 4."""
-JUDGE_FAULT_PLAN = (("timeout", "rate_limit", "server_error"), ("rate_limit", "server_error"))
-"""Faults per attempt for the distinct judge requests of a run, in turn (:class:`OpenAIStubServer`'s ``fault_plan``):
-with 2 retries the 1st, 3rd, ... time out, get a 429 with ``Retry-After`` and a 500, and fail; the others get a 429
-and a 500 and are answered on their third attempt."""
-
-ZOOM_RECIPE_LR = 5e-3
-"""The zoom step's warm-up lr. With the venv's CUDA build of torch (2026-12-06) the demo's lr 1e-2 left a policy whose
-4 sampled trajectories wrote no answer and mostly malformed calls; at 5e-3: 3 valid crops of 4 and an answer."""
-
+else the last line", so each of its trajectories is judged, where the zoom policy may leave one unanswered."""
+JUDGE_FAULT_PLANS = {
+    "vlm_r3": (("timeout", "rate_limit", "server_error"), ("rate_limit", "server_error")),
+    "visionthink": (("timeout", "rate_limit", "server_error") * 100,),
+}
+"""Faults per attempt for the distinct judge requests of a run, in turn (:class:`OpenAIStubServer`'s ``fault_plan``).
+VLM-R3 (one generation batch): with 2 retries the 1st, 3rd, ... time out, get a 429 with ``Retry-After`` and a 500,
+and fail; the others get a 429 and a 500 and are answered on their third attempt. VisionThink: the judge is down for
+the whole step, every attempt faults. Its DAPO filtering refills the batch from later generation batches, whose
+answers repeat earlier ones: the client's cache answers those that were answered, and the server counts a failed
+one's next judging as attempts 4-6 of its content; so an alternating plan failed only in groups that filtering
+dropped (CI on 2b4925d: no failed sample in the trained batch)."""
 
 @dataclass
 class Run:
@@ -144,9 +147,9 @@ class Warmups:
         "    path = warmup_checkpoint(base, log_every=0, **settings)[0]\n"
         "    print(f'warm-up\\t{spec}\\t{path}', flush=True)\n"
     )
-    SMALL = ("zoom", "visionthink")
-    """Recipes whose policy is also warmed up on the ``small`` model, for the vLLM runs (vLLM cannot serve the tiny
-    one): the demo's zoom and VisionThink's resize."""
+    SMALL = ("visionthink",)
+    """Recipes whose policy is also warmed up on the ``small`` model, for VisionThink's vLLM run (vLLM cannot serve the
+    tiny one; the vLLM demo warms up its own)."""
 
     def __init__(self, log: Path):
         self.log = log
@@ -178,9 +181,9 @@ class Warmups:
     def wait(self, task: str) -> Path:
         with self.lock:
             if self.process is None:
-                # launch order: the demo's and the zoom step's first, the vLLM runs' (which run last) last
+                # launch order: the demo's (the zoom step's too) first, the vLLM runs' (which run last) last
                 specs = list(dict.fromkeys([
-                    self.demo_spec(), self.spec("zoom", lr=ZOOM_RECIPE_LR),
+                    self.demo_spec(),
                     *(self.spec(r) for r in WARMUP), self.demo_spec("vllm"), *(self.spec(r, "small") for r in self.SMALL),
                 ]))
                 with open(self.log, "w") as err:
@@ -303,7 +306,7 @@ class Pool:
         self.root = root
         self.skip = skip  # runs whose tests were not selected (SLOW_RUNS)
         self.judge = OpenAIStubServer()
-        self.faulty_judges = {name: OpenAIStubServer(fault_plan=JUDGE_FAULT_PLAN, hang=120, retry_after=1)
+        self.faulty_judges = {name: OpenAIStubServer(fault_plan=JUDGE_FAULT_PLANS[name], hang=120, retry_after=1)
                               for name in JUDGE_FAULTS}
         self.api_key = f"sk-visionr3-e2e-{secrets.token_hex(16)}"  # a fake key: what matters is where it shows up
         self.run_env: dict[str, dict[str, str]] = {}  # run -> variables added to its environment
@@ -449,7 +452,7 @@ class Pool:
             def prepare() -> tuple[list[str], Path]:
                 directory = root / name
                 directory.mkdir(parents=True, exist_ok=True)
-                policy = self.warmups.path(name, lr=ZOOM_RECIPE_LR if name == "zoom" else None)
+                policy = self.warmups.demo() if name == "zoom" else self.warmups.path(name)
                 if name not in JUDGE_FAULTS:
                     return recipe_command(name, directory, self.judge.base_url, policy), directory
                 self.run_env[f"recipe:{name}"] = {"OPENAI_API_KEY": self.api_key}
@@ -460,7 +463,7 @@ class Pool:
 
             return prepare
 
-        # the demo and the zoom step share the zoom warm-up, so both start at once; the other warm-ups train meanwhile
+        # the demo and the zoom step share the demo's warm-up, so both start at once; the other warm-ups train meanwhile
         order = ["zoom", *(name for name in RECIPES if name != "zoom")]
         # the long one-slot runs first (demo, gradient_sign, the resume drill's three runs: ~15 min each), so the
         # short ones fill the second slot at the end instead of one long run holding it alone before the two-slot

@@ -140,8 +140,9 @@ def as_written(text: str, scratch: Path) -> str:
 RECORDER = """#!/usr/bin/env bash
 # readme-commands recorder: writes its argument vector, NUL-separated, instead of running {name}
 {guard}
+# numbered in call order; the pid keeps apart commands that start at once (a pipeline's)
 n=$(ls "$READMECMD_RECORDS" | wc -l)
-printf '%s\\0' {name} "$@" > "$READMECMD_RECORDS/$(printf %04d "$n")"
+printf '%s\\0' {name} "$@" > "$READMECMD_RECORDS/$(printf %04d "$n").$$"
 """
 
 

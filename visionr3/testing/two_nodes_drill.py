@@ -19,7 +19,7 @@
 7. The cluster is stopped; any process of it still alive is recorded as an orphan.
 
 Throughout, a fake ``OPENAI_API_KEY`` is exported before the nodes start (where docs/cluster.md puts keys), every
-job ``--require-env``\ s it (which prints its fingerprint from the job's node), and every run's reward asks a
+job requires it with ``--require-env`` (which prints its fingerprint from the job's node), and every run's reward asks a
 loopback judge (:class:`OpenAIStubServer`, in this process) about each answer, with the key it reads from the
 environment. The report says which key the judge last received, and where else the key appears: in any job record
 Ray keeps (entrypoint, metadata, runtime env: the job API's and the state API's), in any file the runs wrote or the
