@@ -73,7 +73,8 @@ JUDGE_FAULT_PLANS = {
 """Faults per attempt for the distinct judge requests of a run, in turn (:class:`OpenAIStubServer`'s ``fault_plan``).
 VLM-R3 (one generation batch): with 2 retries the 1st, 3rd, ... time out, get a 429 with ``Retry-After`` and a 500,
 and fail; the others get a 429 and a 500 and are answered on their third attempt. VisionThink: the judge is down for
-the whole step, every attempt faults. Its DAPO filtering refills the batch from later generation batches, whose
+the whole step, every attempt faults (300 per content: more than the 32 generation batches of its cap x 2 samples x
+3 attempts could ask). Its DAPO filtering refills the batch from later generation batches, whose
 answers repeat earlier ones: the client's cache answers those that were answered, and the server counts a failed
 one's next judging as attempts 4-6 of its content; so an alternating plan failed only in groups that filtering
 dropped (CI on 2b4925d: no failed sample in the trained batch)."""

@@ -56,6 +56,14 @@ def finished(e2e_runs):
     return read
 
 
+def prompt_groups(rows: list[dict]) -> dict[str, list[int]]:
+    """The dumped rows' indices per prompt group (a row's ``uid``: its group's uuid and two ``_<n>`` suffixes)."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(i)
+    return groups
+
+
 def agent_loop(name: str) -> dict:
     from visionr3.config import config_path
 
@@ -131,11 +139,8 @@ def test_vlm_r3_rule_scores_the_answers_its_failing_judge_could_not_grade(finish
 def grpo_advantages(rows: list[dict], valid: list[bool]) -> list[float]:
     """GRPO's outcome advantage per row over the ``valid`` rows of its group (verl's formula: score minus the group's
     mean, over its std + 1e-6); 0 for the others and for a group with fewer than two valid rows."""
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(i)
     out = [0.0] * len(rows)
-    for members in groups.values():
+    for members in prompt_groups(rows).values():
         kept = [i for i in members if valid[i]]
         if len(kept) >= 2:
             scores = np.array([rows[i]["score"] for i in kept])
@@ -206,9 +211,7 @@ def apply_ratio_penalty(rows: list[dict], theta: float, penalty: float) -> list[
     """VisionThink's Eq. 5 (paper variant), written out here as the oracle: per prompt, r = share of the correct
     rollouts that answered without resizing (undefined, no penalty, when none is correct); direct answers lose
     ``penalty`` when r < theta, resized ones when r >= theta."""
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(i)
+    groups = prompt_groups(rows)
     out = [0.0] * len(rows)
     for members in groups.values():
         correct = [i for i in members if rows[i]["accuracy"] > 0.5]
@@ -247,9 +250,7 @@ def test_visionthink_resizes_from_the_low_resolution_view_and_shapes_the_scores(
     assert step["visionr3/shaping/penalised_rate"] == pytest.approx(np.mean([p > 0 for p in penalties]))
     assert "visionr3/shaping/direct_answer_ratio/mean" in step
     # the recipe's DAPO filtering (verl's, with the cap visionr3 honours): every group trained on has reward variance
-    groups: dict[str, list[float]] = {}
-    for row in rows:
-        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(row["reward_score"])
+    groups = {uid: [rows[i]["reward_score"] for i in members] for uid, members in prompt_groups(rows).items()}
     assert len(groups) == 2 and all(len(set(scores)) > 1 for scores in groups.values()), groups
 
 
