@@ -6,11 +6,13 @@
 The task is the synthetic square (:mod:`visionr3.demo.synthetic`): a 32-pixel square in the named quarter of a
 448-pixel canvas, seen at the CPU preset's 224 pixels, where the tiny model cannot tell its colour; the crop tool's
 quarter shows it at 52 pixels. Each arm starts from the tiny Qwen2.5-VL after the same phased supervised warm-up
-(:data:`visionr3.demo.run.LEARNING_WARMUP`) in
+(:data:`visionr3.demo.run.LEARNING_WARMUP`, then 100 steps of :data:`visionr3.demo.run.HESITANT_PHASE`'s size) in
 its own format, then runs ``--steps`` GRPO steps of ``visionr3 train --config-name cpu_demo`` (HF rollout, the
 ``exact_match_plus_format`` reward) on the same rows with the same seed:
 
-- **tool**: ``visionr3_agent`` with the crop/zoom tool (the warm-up demonstrates a call on the named quarter);
+- **tool**: ``visionr3_agent`` with the crop/zoom tool. The warm-up demonstrates a call on the named quarter, and its
+  last phase answers 3 demonstrations in 5 from the full view with the tool offered: the start policy calls first on
+  about 2 samples in 5 and greedily answers without zooming. GRPO has to find out that zooming pays.
 - **notool**: the same loop with no tool at all (the warm-up answers from the full view).
 
 Held-out evaluation: ``visionr3 eval --backend hf`` (greedy) of each arm's start policy (the warm-up) and end policy
@@ -45,10 +47,15 @@ rows, drawn with ``HELDOUT_SEED`` (the warm-ups draw their demonstrations from t
 @dataclass(frozen=True)
 class Arm:
     warmup_task: str  # visionr3.demo.warmup.TASKS
+    last_phase: dict  # appended to LEARNING_WARMUP: the same number of warm-up steps in both arms
     overrides: tuple[str, ...] = ()  # trainer and eval overrides
 
 
-ARMS = {"tool": Arm("zoom"), "notool": Arm("direct", (NO_TOOL,))}
+def arms() -> dict[str, Arm]:
+    from visionr3.demo.run import HESITANT_PHASE
+
+    same_steps = {key: value for key, value in HESITANT_PHASE.items() if key != "direct_share"}
+    return {"tool": Arm("zoom", HESITANT_PHASE), "notool": Arm("direct", same_steps, (NO_TOOL,))}
 METRICS = {  # table column -> verl / visionr3 metric
     "reward": "critic/score/mean",
     "accuracy": "visionr3/reward/accuracy/mean",
@@ -98,9 +105,10 @@ def run_arm(name: str, seed: int, args: argparse.Namespace, train: Path, heldout
     from visionr3.demo.run import LEARNING_WARMUP, grpo_command, phased_warmup, read_step_metrics
     from visionr3.testing.tiny_model import tiny_model_dir
 
-    arm, directory = ARMS[name], args.out / f"{name}_seed{seed}"
+    arm, directory = arms()[name], args.out / f"{name}_seed{seed}"
     started = time.perf_counter()
-    policy, _ = phased_warmup(tiny_model_dir("qwen2_5_vl"), LEARNING_WARMUP, seed=seed, task=arm.warmup_task, log_every=0)
+    phases = (*LEARNING_WARMUP, arm.last_phase)
+    policy, _ = phased_warmup(tiny_model_dir("qwen2_5_vl"), phases, seed=seed, task=arm.warmup_task, log_every=0)
     start_accuracy = evaluate(policy, heldout, directory / "eval_start.jsonl", arm, args.max_turns)
     print(f"[{name} seed {seed}] warm-up policy {policy}: held-out accuracy {start_accuracy:.3f}", flush=True)
 
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_learning"))
     parser.add_argument("--steps", type=int, default=12, help="GRPO steps per run (default: 12)")
     parser.add_argument("--seeds", type=int, default=1, help="runs per arm, seeds 0..k-1 (default: 1)")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["tool", "notool"])
+    parser.add_argument("--arms", nargs="+", choices=["notool", "tool"], default=["tool", "notool"])
     parser.add_argument("--prompts", type=int, default=2, help="prompts per step (default: 2)")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt (default: 8)")
     parser.add_argument("--lr", type=float, default=3e-4, help="actor lr (default: 3e-4; at 1e-3 one step garbled the tiny policy's calls)")

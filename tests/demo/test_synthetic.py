@@ -101,3 +101,38 @@ def test_a_phased_warmup_chains_its_phases_and_caches_each(tmp_path, monkeypatch
     assert any(not before[name].equal(after[name]) for name in before)
     again, trained_again = phased_warmup(base, phases, log_every=0)
     assert (again, trained_again) == (policy, 0.0)
+
+
+def test_a_hesitant_zoom_warmup_mixes_direct_answers_with_the_tool_offered(tmp_path):
+    """``direct_share``: that share of each ``zoom`` batch answers without a call, under the same prompt (the tool's
+    schema offered) as the calls; the rest are the usual call, crop, answer."""
+    import math
+    import random
+
+    from verl.tools.tool_registry import initialize_tools_from_config
+
+    from visionr3.config import config_path
+    from visionr3.demo.warmup import _Kit, draw_example, supervised_warmup
+    from visionr3.processing import load_processor
+    from visionr3.testing.tiny_model import tiny_model_dir
+
+    (tool,) = initialize_tools_from_config(str(config_path("tools", "crop_zoom.yaml")))
+    kit = _Kit(load_processor(tiny_model_dir("qwen2_5_vl")), tool, 50176)
+    rng = random.Random(0)
+    (direct,), direct_images = draw_example(kit, rng, (448, 448), "zoom", direct=True)
+    (call,), call_images = draw_example(kit, rng, (448, 448), "zoom")
+    assert (len(direct_images), len(call_images)) == (1, 2)  # the call's crop comes back as a second image
+    prompt = lambda text: text.split("<|vision_start|>")[0]  # noqa: E731  (system prompt and tool schemas)
+    reply = lambda text: text.split("<|im_start|>assistant\n", 1)[1]  # noqa: E731
+    assert prompt(direct) == prompt(call) and tool.name in prompt(direct)
+    assert "<tool_call>" not in reply(direct) and reply(direct).startswith("<answer>")
+    assert reply(call).startswith("<tool_call>")
+
+    result = supervised_warmup(tiny_model_dir("qwen2_5_vl"), tmp_path / "hesitant", tool_config=config_path("tools", "crop_zoom.yaml"),
+                               data_max_pixels=50176, steps=1, batch_size=5, lr=1e-3, direct_share=0.6, pool_batches=None,
+                               log_every=0)
+    assert math.isfinite(result["losses"][0])
+    for task, share, batch in (("direct", 0.6, 5), ("zoom", 0.05, 5), ("zoom", 0.95, 5)):  # no mix, or none in a batch
+        with pytest.raises(ValueError, match="direct_share"):
+            supervised_warmup(tiny_model_dir("qwen2_5_vl"), tmp_path / "unused", tool_config=config_path("tools", "crop_zoom.yaml"),
+                              data_max_pixels=50176, task=task, direct_share=share, batch_size=batch)

@@ -39,11 +39,12 @@ from typing import Any
 
 def warmup_checkpoint(
     base_dir: Path, steps: int, seed: int = 0, task: str = "zoom", log_every: int = 10, lr: float = 1e-2,
-    answer_weight: float = 1.0, pool_batches: int | None = 8,
+    answer_weight: float = 1.0, pool_batches: int | None = 8, direct_share: float = 0.0, batch_size: int = 4,
 ) -> tuple[Path, float]:
     """A cached warm-up of ``base_dir``: ``(checkpoint, seconds spent training)``, 0.0 when the cache answered.
     ``log_every=0`` trains silently (a caller in a background thread must not print into another's stdout).
-    ``lr``, ``answer_weight``, ``pool_batches``: see :data:`DEMO_WARMUP` and :func:`visionr3.demo.warmup.supervised_warmup`.
+    ``lr``, ``answer_weight``, ``pool_batches``, ``direct_share``, ``batch_size``: see :data:`DEMO_WARMUP` and
+    :func:`visionr3.demo.warmup.supervised_warmup`.
 
     Keyed by the settings, the warm-up code, the synthetic task's code, the tool YAML and the base model's weights
     (their sha256, not the path), and verified on every read like the tiny models
@@ -59,7 +60,7 @@ def warmup_checkpoint(
     tool_config = config_path("tools", "crop_zoom.yaml")
     here = Path(__file__).parent
     key = hashlib.sha256(
-        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}|{lr}|{answer_weight}|{pool_batches}".encode()
+        f"{sha256_file(Path(base_dir) / 'model.safetensors')}|{steps}|{seed}|{data_max_pixels}|{task}|{lr}|{answer_weight}|{pool_batches}|{direct_share}|{batch_size}".encode()
         + (here / "warmup.py").read_bytes()
         + (here / "synthetic.py").read_bytes()
         + tool_config.read_bytes()
@@ -71,6 +72,7 @@ def warmup_checkpoint(
         seconds = supervised_warmup(
             base_dir, staging, tool_config=tool_config, data_max_pixels=data_max_pixels, steps=steps, seed=seed,
             lr=lr, task=task, log_every=log_every, answer_weight=answer_weight, pool_batches=pool_batches,
+            direct_share=direct_share, batch_size=batch_size,
         )["seconds"]
 
     target, _ = cached_build(cache_root() / "warmup" / key, key, build)
@@ -144,8 +146,14 @@ LEARNING_WARMUP: tuple[dict[str, Any], ...] = (
     {"steps": 150, "lr": 1e-3, "answer_weight": 1.0, "pool_batches": None},
 )
 """The learning benchmark's warm-up (:func:`phased_warmup`): it reads the right crop (the answer probe's argmax 1.00 on
-32 held-out squares) and calls the named quarter on part of the rows (NOTE.md, "The multi-turn warm-up, measured"), so
-what GRPO has to learn is the call."""
+32 held-out squares) and calls the named quarter on part of the rows (NOTE.md, "The multi-turn warm-up, measured")."""
+
+HESITANT_PHASE = {"steps": 100, "lr": 1e-3, "answer_weight": 1.0, "pool_batches": None, "direct_share": 0.6, "batch_size": 5}
+"""The learning benchmark's last warm-up phase for the tool arm: in every batch of 5 demonstrations 3 answer from the
+full view though the tool is offered. The start policy then calls first with probability 0.39-0.40 on every held-out
+prompt (two seeds; 100 or 200 steps), so it zooms on a minority of its samples and greedily answers without looking
+closer, at chance. What GRPO has to learn is that zooming pays; the runs that had to fix the call's digits instead
+did not learn it in 12 steps (NOTE.md, "The learning benchmark")."""
 
 DEMO_ROLLOUTS: dict[str, tuple[str, str, dict]] = {
     # rollout -> (tiny_model size, cluster preset, warm-up settings)

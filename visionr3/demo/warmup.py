@@ -225,14 +225,15 @@ def _zoom_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) ->
     return [kit.render(messages, kit.schemas(kit.crop_tool))], [shown, messages[2]["content"][0]["image"]]
 
 
-def _direct_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
+def _direct_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int], tools: list[dict] | None = None) -> Example:
+    """The answer from the full view; ``tools``: the schemas the prompt offers (a ``zoom`` policy that does not call)."""
     sample = make_sample(rng, image_size)
     shown = kit.shown(sample)
     messages = [
         {"role": "user", "content": [{"type": "image", "image": shown}, {"type": "text", "text": sample.question()}]},
         {"role": "assistant", "content": f"<answer>{sample.colour}</answer>"},
     ]
-    return [kit.render(messages)], [shown]
+    return [kit.render(messages, tools)], [shown]
 
 
 def _visionthink_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int]) -> Example:
@@ -275,6 +276,14 @@ EXAMPLES: dict[str, Callable[[_Kit, random.Random, tuple[int, int]], Example]] =
 }
 
 
+def draw_example(kit: _Kit, rng: random.Random, image_size: tuple[int, int], task: str, direct: bool = False) -> Example:
+    """One demonstration of ``task``, or with ``direct`` (``zoom`` only) one that answers from the full view with the
+    tool offered (see ``direct_share`` in :func:`supervised_warmup`)."""
+    if direct:
+        return _direct_example(kit, rng, image_size, tools=kit.schemas(kit.crop_tool))
+    return EXAMPLES[task](kit, rng, image_size)
+
+
 def supervised_warmup(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -290,6 +299,7 @@ def supervised_warmup(
     log_every: int = 10,
     task: str = "zoom",
     answer_weight: float = 1.0,
+    direct_share: float = 0.0,
 ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on synthetic demonstrations and save a complete HF checkpoint to ``out_dir``.
 
@@ -298,11 +308,21 @@ def supervised_warmup(
     ``low_res_factor``, as its recipe does. ``batch_size`` counts rendered conversations (``sr1``: two per sample).
     ``answer_weight``: the loss weight of the final assistant turn's tokens against 1 for the others (the call's
     thirty-odd tokens otherwise drown the one colour word that needs the pixels).
+    ``direct_share`` (``zoom`` only): the share of each batch (``round(direct_share * batch_size)`` demonstrations, the
+    same in every batch) that answers from the full view without calling the tool, with the tool offered in the
+    prompt. The policy then calls first on about ``1 - direct_share`` of its samples, whatever the image, and answers
+    the rest at chance, so RL has a choice to learn: whether zooming pays (the learning benchmark's start). A share
+    drawn per demonstration instead let the batches' mix steer the first token: 100 or 200 steps left it calling
+    with probability 0.71, 0.09 or 0.42 (NOTE.md, "The learning benchmark").
 
     Returns ``{"losses": [...], "seconds": float, "out_dir": str}``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown warm-up task {task!r}; expected one of {TASKS}")
+    directs = round(direct_share * batch_size)
+    if direct_share and (task != "zoom" or not 0 < directs < batch_size):
+        raise ValueError(f"direct_share={direct_share!r} needs task 'zoom' and between 1 and batch_size - 1 direct "
+                         f"demonstrations in a batch of {batch_size}, got task {task!r} and {directs}")
     import torch
     from transformers import AutoModelForImageTextToText
     from verl.tools.tool_registry import initialize_tools_from_config
@@ -328,7 +348,7 @@ def supervised_warmup(
     def batch_inputs():
         texts, images = [], []
         while len(texts) < batch_size:
-            more_texts, more_images = EXAMPLES[task](kit, rng, image_size)
+            more_texts, more_images = draw_example(kit, rng, image_size, task, direct=len(texts) < directs)
             texts += more_texts
             images += more_images
         inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
