@@ -150,10 +150,10 @@ LEARNING_WARMUP: tuple[dict[str, Any], ...] = (
 
 HESITANT_PHASE = {"steps": 100, "lr": 1e-3, "answer_weight": 1.0, "pool_batches": None, "direct_share": 0.6, "batch_size": 5}
 """The learning benchmark's last warm-up phase for the tool arm: in every batch of 5 demonstrations 3 answer from the
-full view though the tool is offered. The start policy then calls first with probability 0.39-0.40 on every held-out
-prompt (two seeds; 100 or 200 steps), so it zooms on a minority of its samples and greedily answers without looking
-closer, at chance. What GRPO has to learn is that zooming pays; the runs that had to fix the call's digits instead
-did not learn it in 12 steps (NOTE.md, "The learning benchmark")."""
+full view though the tool is offered. The start policy then zooms on a minority of its samples, whatever the prompt,
+and greedily answers without looking closer, at chance: what GRPO has to learn is that zooming pays. Starts that
+always called and had to fix the call's digits instead did not learn in 12 steps (NOTE.md, "The learning
+benchmark", has both)."""
 
 DEMO_ROLLOUTS: dict[str, tuple[str, str, dict]] = {
     # rollout -> (tiny_model size, cluster preset, warm-up settings)

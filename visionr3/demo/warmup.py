@@ -311,9 +311,9 @@ def supervised_warmup(
     ``direct_share`` (``zoom`` only): the share of each batch (``round(direct_share * batch_size)`` demonstrations, the
     same in every batch) that answers from the full view without calling the tool, with the tool offered in the
     prompt. The policy then calls first on about ``1 - direct_share`` of its samples, whatever the image, and answers
-    the rest at chance, so RL has a choice to learn: whether zooming pays (the learning benchmark's start). A share
-    drawn per demonstration instead let the batches' mix steer the first token: 100 or 200 steps left it calling
-    with probability 0.71, 0.09 or 0.42 (NOTE.md, "The learning benchmark").
+    the rest at chance, so RL has a choice to learn: whether zooming pays (the learning benchmark's start). The same
+    count in every batch, not a share drawn per demonstration: a drawn mix steered the first token wherever the last
+    batches happened to lean (NOTE.md, "The learning benchmark").
 
     Returns ``{"losses": [...], "seconds": float, "out_dir": str}``.
     """
