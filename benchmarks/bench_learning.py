@@ -21,8 +21,8 @@ Held-out evaluation: ``visionr3 eval --backend hf`` (greedy) of each arm's start
 Prints per-window tables (reward, accuracy, tool-call rate, valid-call ratio, turns, step seconds) per arm and seed,
 the held-out table, writes ``curve.json`` and ``curve.png`` (accuracy per step, both arms, seed spread shaded) into
 ``--out``, and ends with ``tool_acc_start=<a> tool_acc_end=<b> notool_acc_end=<c> seeds=<k>`` (means over seeds).
-The tool arm takes about 18 minutes a seed on 2 cores, the no-tool arm about 9; runs go one at a time (each trainer
-holds 5-8 GB; two at once reached 20.9 GB and Ray's memory monitor killed both).
+Runs go one at a time (each trainer holds 5-8 GB; two at once reached 20.9 GB and Ray's memory monitor killed both);
+benchmarks/README.md has how long an arm takes.
 """
 
 from __future__ import annotations
